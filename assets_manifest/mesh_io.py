@@ -1,0 +1,79 @@
+"""The project's one geometry loader, and the validation every asset passes at ingest.
+
+Layout, voxeliser and renderer all load geometry through ``load_mesh`` so that masks, voxels and
+collision checks see the very same triangles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+MAX_ABS_COORD = 1e6  # beyond this a file is corrupt or in absurd units
+MIN_EXTENT = 1e-6
+
+
+class AssetError(ValueError):
+    """An asset that cannot be used; ``stage`` says where it failed (for rejects.jsonl)."""
+
+    def __init__(self, path: str | Path, stage: str, reason: str):
+        super().__init__(f"{path}: [{stage}] {reason}")
+        self.path, self.stage, self.reason = str(path), stage, reason
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sniff_format(path: Path) -> None:
+    """Refuse files whose bytes contradict their extension (e.g. a JPEG renamed .glb)."""
+    ext = path.suffix.lower()
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise AssetError(path, "read", "empty file (0 bytes)")
+    if ext == ".glb" and head[:4] != b"glTF":
+        raise AssetError(path, "read", "not a binary glTF (missing 'glTF' magic)")
+    if ext == ".ply" and not head.startswith(b"ply"):
+        raise AssetError(path, "read", "not a PLY file (missing 'ply' header)")
+    if ext in (".obj", ".gltf", ".off") and b"\0" in head:
+        raise AssetError(path, "read", f"binary content in a text {ext} file")
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """Load ``path`` as one triangle mesh (file axes and units kept) or raise ``AssetError``.
+
+    This is ``trimesh.load(path, force="mesh")`` plus checks: known extension, bytes matching the
+    extension, at least one face, finite coordinates of sane magnitude, non-degenerate extent.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in MESH_EXTENSIONS:
+        raise AssetError(path, "read", f"unsupported extension {path.suffix!r} (expected one of {', '.join(MESH_EXTENSIONS)})")
+    if not path.is_file():
+        raise AssetError(path, "read", "file not found")
+    _sniff_format(path)
+    try:
+        mesh = trimesh.load(str(path), force="mesh")
+    except Exception as exc:  # trimesh raises many types for corrupt files
+        raise AssetError(path, "load", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise AssetError(path, "load", f"no triangle geometry (got {type(mesh).__name__})")
+    if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise AssetError(path, "validate", "no faces")
+    v = np.asarray(mesh.vertices)
+    if not np.all(np.isfinite(v)):
+        raise AssetError(path, "validate", "non-finite vertex coordinates (NaN or inf)")
+    if np.abs(v).max() > MAX_ABS_COORD:
+        raise AssetError(path, "validate", f"huge coordinates (|x| up to {np.abs(v).max():.3g} > {MAX_ABS_COORD:g})")
+    used = v[np.unique(mesh.faces)]
+    if np.ptp(used, axis=0).max() < MIN_EXTENT:
+        raise AssetError(path, "validate", "degenerate geometry (zero extent)")
+    return mesh
