@@ -51,8 +51,12 @@ def _sniff_format(path: Path) -> None:
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
     """Load ``path`` as one triangle mesh (file axes and units kept) or raise ``AssetError``.
 
-    This is ``trimesh.load(path, force="mesh")`` plus checks: known extension, bytes matching the
-    extension, at least one face, finite coordinates of sane magnitude, non-degenerate extent.
+    This is ``trimesh.load(path, force="mesh", process=False)`` plus checks: known extension, bytes
+    matching the extension, at least one face, finite coordinates of sane magnitude, non-degenerate
+    extent. ``process=False`` keeps the file's vertices as written, so a NaN is reported as a NaN
+    (processing would silently drop its faces); the surface is the same one that trimesh's default
+    ``trimesh.load(path, force="mesh")`` returns (processing only merges duplicate vertices), so a
+    transform in a scene spec applies to either.
     """
     path = Path(path)
     if path.suffix.lower() not in MESH_EXTENSIONS:
@@ -61,7 +65,7 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
         raise AssetError(path, "read", "file not found")
     _sniff_format(path)
     try:
-        mesh = trimesh.load(str(path), force="mesh")
+        mesh = trimesh.load(str(path), force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for corrupt files
         raise AssetError(path, "load", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(mesh, trimesh.Trimesh):
