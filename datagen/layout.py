@@ -1,0 +1,386 @@
+"""Random non-semantic scenes that are physically valid: the NS data of I-Scene.
+
+A relation grammar builds each scene: the first instance stands on the floor; each next one is put
+``left_of`` / ``right_of`` / ``in_front_of`` / ``behind`` an already placed instance (on the floor,
+with a random gap) or ``on_top_of`` one (resting on its real upper surface, found by ray casting).
+Every rule is checked on the full meshes with python-fcl:
+
+- no two instances intersect or touch (clearance >= ``MIN_CLEARANCE_PAIR``), except an instance and
+  its support;
+- every instance rests on the floor or on exactly one other instance, at a distance in (0, 5 mm];
+- it is stable: its centre of mass projects inside the convex hull of its contact region.
+
+Rejection sampling with bounded retries; a scene that cannot be completed raises ``SceneFailure``.
+Everything derives from (dataset seed, scene index), so any scene can be regenerated alone. The
+output is a scene spec (docs/SCENE_SPEC.md) whose ``object_to_world`` maps the asset's vertices as
+``assets_manifest.load_mesh(path)`` returns them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import fcl
+import numpy as np
+import trimesh
+
+from datagen import physics
+from datagen.cameras import CameraConfig, sample_cameras
+from datagen.errors import SceneFailure
+from datagen.ids import scene_id, scene_rng, scene_seed
+from datagen.support_surface import HeightMap, height_map
+
+RELATIONS = ("left_of", "right_of", "in_front_of", "behind", "on_top_of")
+# fcl moves geometry rigidly but cannot scale it, so sizes (largest side, metres) come from a fixed
+# set of levels; a BVH is built once per (asset, level) and reused by every scene in the process.
+SIZE_LEVELS = np.round(np.geomspace(0.08, 1.6, 16), 4)
+MIN_CLEARANCE_PAIR = 0.01  # non-support pairs stay >= 1 cm apart: never touching, never a 2nd support
+MIN_HEIGHT_ON_TOP = physics.SUPPORT_GAP_MAX + physics.CONTACT_BAND  # stacked things clear the floor
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    min_instances: int = 2
+    max_instances: int = 10
+    relation_probs: dict = field(default_factory=lambda: {"left_of": 0.2, "right_of": 0.2, "in_front_of": 0.2, "behind": 0.2, "on_top_of": 0.2})
+    floor_size: tuple[float, float] = (0.25, 1.5)  # largest side of floor-standing instances
+    top_size_ratio: tuple[float, float] = (0.2, 0.7)  # on-top instance size / support's smaller top side
+    floor_gap: tuple[float, float] = (0.03, 0.5)  # horizontal gap for left/right/front/behind
+    support_gap: tuple[float, float] = (0.0005, 0.003)  # vertical gap to the support, inside (0, 5 mm]
+    tries_per_instance: int = 30
+    scene_tries: int = 6
+    views_per_scene: int = 4
+    width: int = 518
+    height: int = 518
+    elevation_deg: tuple[float, float] = (5.0, 60.0)
+    fov_deg: tuple[float, float] = (35.0, 65.0)
+    min_visible_fraction: float = 0.05
+    asset_weights: dict | None = None  # uid -> weight; None = uniform
+
+    def camera_config(self) -> CameraConfig:
+        return CameraConfig(self.views_per_scene, self.width, self.height, self.elevation_deg, self.fov_deg,
+                            min_visible_fraction=self.min_visible_fraction)
+
+
+class AssetLibrary:
+    """Lazy caches over manifest records: canonical meshes, height maps and sized fcl assets."""
+
+    def __init__(self, records: Sequence):
+        if not records:
+            raise ValueError("AssetLibrary needs at least one asset record")
+        self.records = list(records)
+        self.by_uid = {r.uid: r for r in self.records}
+        self._canonical: dict[str, trimesh.Trimesh] = {}
+        self._heights: dict[str, HeightMap] = {}
+        self._sized: dict[tuple[str, float], physics.SizedAsset] = {}
+
+    def canonical(self, uid: str) -> trimesh.Trimesh:
+        if uid not in self._canonical:
+            from assets_manifest import load_mesh
+
+            rec = self.by_uid[uid]
+            mesh = load_mesh(rec.path)
+            used = np.unique(mesh.faces)
+            n = np.asarray(rec.normalization)
+            verts = mesh.vertices[used] @ n[:3, :3].T + n[:3, 3]
+            self._canonical[uid] = trimesh.Trimesh(verts, np.searchsorted(used, mesh.faces), process=False)
+        return self._canonical[uid]
+
+    def heights(self, uid: str) -> HeightMap:
+        if uid not in self._heights:
+            self._heights[uid] = height_map(self.canonical(uid))
+        return self._heights[uid]
+
+    def sized(self, uid: str, size: float) -> physics.SizedAsset:
+        key = (uid, float(size))
+        if key not in self._sized:
+            self._sized[key] = physics.make_sized_asset(uid, self.canonical(uid), float(size))
+        return self._sized[key]
+
+
+@dataclass
+class Placed:
+    record: object
+    asset: physics.SizedAsset
+    yaw: float
+    t: np.ndarray
+    support: int  # 0 = floor, else 1-based index
+    obj: fcl.CollisionObject = field(repr=False)
+    aabb: np.ndarray = field(repr=False)  # (2, 3)
+
+    @property
+    def rot(self) -> np.ndarray:
+        return physics.rotz(self.yaw)
+
+    def world(self, local: np.ndarray) -> np.ndarray:
+        return local @ self.rot.T + self.t
+
+    def local_xy(self, world_xy: np.ndarray) -> np.ndarray:
+        return (world_xy - self.t[:2]) @ self.rot[:2, :2]  # inverse rotation (row vectors)
+
+
+def _place(record, asset: physics.SizedAsset, yaw: float, t: np.ndarray, support: int) -> Placed:
+    rot = physics.rotz(yaw)
+    v = asset.mesh.vertices @ rot.T + t
+    return Placed(record, asset, yaw, np.asarray(t, float), support, physics.fcl_object(asset, yaw, t),
+                  np.stack([v.min(axis=0), v.max(axis=0)]))
+
+
+def _clear_of_others(new: Placed, placed: list[Placed], skip: int | None) -> bool:
+    """Broad phase on boxes, then exact fcl distance: >= MIN_CLEARANCE_PAIR from all but ``skip``."""
+    for k, other in enumerate(placed, start=1):
+        if k == skip:
+            continue
+        if np.any(new.aabb[0] > other.aabb[1] + MIN_CLEARANCE_PAIR) or np.any(other.aabb[0] > new.aabb[1] + MIN_CLEARANCE_PAIR):
+            continue
+        if physics.distance(new.obj, other.obj) < MIN_CLEARANCE_PAIR:
+            return False
+    return True
+
+
+def _floor_heights(xy: np.ndarray) -> np.ndarray:
+    return np.zeros(len(xy))
+
+
+def _support_heights(anchor: Placed, lib: AssetLibrary):
+    """(estimate, exact, height map): heights of the anchor's upper surface below world xy points.
+
+    The estimate reads the ray-cast height map (fast, for choosing a spot and a first drop height);
+    the exact one casts a ray down onto the anchor's mesh for each point (for the stability rule).
+    """
+    hm = lib.heights(anchor.record.uid).scaled(anchor.asset.size)
+    mesh = anchor.asset.mesh
+
+    def estimate(world_xy: np.ndarray) -> np.ndarray:
+        return hm.lookup(anchor.local_xy(world_xy)) + anchor.t[2]
+
+    def exact(world_xy: np.ndarray) -> np.ndarray:
+        local = anchor.local_xy(world_xy)
+        origins = np.column_stack([local, np.full(len(local), mesh.bounds[1, 2] + 1.0)])
+        loc, idx, _ = mesh.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(local), 1)), multiple_hits=False)
+        h = np.full(len(local), -np.inf)
+        np.maximum.at(h, idx, loc[:, 2])
+        return h + anchor.t[2]
+
+    return estimate, exact, hm
+
+
+def _stable(p: Placed, heights_at) -> bool:
+    return physics.is_stable(p.world(p.asset.samples), p.world(p.asset.com[None])[0], heights_at)
+
+
+def _pick_size(rng, levels: np.ndarray, lo: float, hi: float) -> float | None:
+    ok = levels[(levels >= lo) & (levels <= hi)]
+    return float(rng.choice(ok)) if len(ok) else None
+
+
+class SceneSampler:
+    """Places instances for one scene; one instance per call of ``add``."""
+
+    def __init__(self, lib: AssetLibrary, cfg: LayoutConfig, rng: np.random.Generator):
+        self.lib, self.cfg, self.rng = lib, cfg, rng
+        self.placed: list[Placed] = []
+        self.relations: list[dict] = []
+        uids = [r.uid for r in lib.records]
+        w = np.array([(cfg.asset_weights or {}).get(u, 1.0) for u in uids], dtype=np.float64)
+        self.uids, self.p = uids, w / w.sum()
+
+    def _record(self):
+        return self.lib.by_uid[self.uids[int(self.rng.choice(len(self.uids), p=self.p))]]
+
+    def place_first(self) -> bool:
+        for _ in range(self.cfg.tries_per_instance):
+            rec = self._record()
+            size = _pick_size(self.rng, SIZE_LEVELS, *self.cfg.floor_size)
+            asset = self.lib.sized(rec.uid, size)
+            z = self.rng.uniform(*self.cfg.support_gap)
+            p = _place(rec, asset, self.rng.uniform(0, 2 * np.pi), np.array([0.0, 0.0, z]), 0)
+            if _stable(p, _floor_heights):
+                self.placed.append(p)
+                return True
+        return False
+
+    def _beside(self, rel: str, anchor_idx: int) -> Placed | None:
+        anchor = self.placed[anchor_idx - 1]
+        rec = self._record()
+        size = _pick_size(self.rng, SIZE_LEVELS, *self.cfg.floor_size)
+        asset = self.lib.sized(rec.uid, size)
+        yaw = self.rng.uniform(0, 2 * np.pi)
+        v = asset.mesh.vertices @ physics.rotz(yaw).T
+        vlo, vhi = v.min(axis=0), v.max(axis=0)
+        gap = self.rng.uniform(*self.cfg.floor_gap)
+        a_lo, a_hi = anchor.aabb
+        axis = 0 if rel in ("left_of", "right_of") else 1
+        other = 1 - axis
+        t = np.zeros(3)
+        if rel in ("left_of", "in_front_of"):  # entirely at smaller x / y
+            t[axis] = a_lo[axis] - gap - vhi[axis]
+        else:
+            t[axis] = a_hi[axis] + gap - vlo[axis]
+        # overlap the anchor's span on the other axis, so "left of" looks like left of, not diagonal
+        t[other] = self.rng.uniform(a_lo[other] - vlo[other] - 0.5 * (vhi[other] - vlo[other]),
+                                    a_hi[other] - vhi[other] + 0.5 * (vhi[other] - vlo[other]))
+        t[2] = self.rng.uniform(*self.cfg.support_gap)
+        p = _place(rec, asset, yaw, t, 0)
+        if not _clear_of_others(p, self.placed, None) or not _stable(p, _floor_heights):
+            return None
+        return p
+
+    def _on_top(self, anchor_idx: int) -> Placed | None:
+        anchor = self.placed[anchor_idx - 1]
+        heights_at, exact_heights, hm = _support_heights(anchor, self.lib)
+        cells = hm.top_cells()
+        if len(cells) == 0:
+            return None
+        top_side = float(min(np.ptp(cells[:, 0]), np.ptp(cells[:, 1])) + hm.step.min())
+        rec = self._record()
+        size = _pick_size(self.rng, SIZE_LEVELS, self.cfg.top_size_ratio[0] * top_side, self.cfg.top_size_ratio[1] * top_side)
+        if size is None:
+            return None
+        asset = self.lib.sized(rec.uid, size)
+        yaw = self.rng.uniform(0, 2 * np.pi)
+        rot = physics.rotz(yaw)
+        spot = anchor.world(np.append(cells[int(self.rng.integers(len(cells)))], 0.0)[None])[0, :2]
+        t = np.zeros(3)
+        t[:2] = spot - (rot @ asset.com)[:2]
+        # ray-cast estimate of the resting height: highest support point under the object's points
+        local = asset.samples @ rot.T
+        h = heights_at(local[:, :2] + t[:2])
+        under = np.isfinite(h)
+        if under.sum() < 3:
+            return None
+        z0 = float(np.max(h[under] - local[under, 2]))
+        z = self._drop_onto(asset, yaw, t[:2], anchor, z0)
+        if z is None or z < MIN_HEIGHT_ON_TOP:
+            return None
+        t[2] = z
+        p = _place(rec, asset, yaw, t, anchor_idx)
+        d = physics.distance(p.obj, anchor.obj)
+        if not (0.0 < d <= physics.SUPPORT_GAP_MAX):
+            return None
+        if not _clear_of_others(p, self.placed, anchor_idx) or not _stable(p, exact_heights):
+            return None
+        return p
+
+    def _drop_onto(self, asset, yaw, xy, anchor: Placed, z_est: float) -> float | None:
+        """Exact contact height with fcl: bisect between a colliding and a free height."""
+
+        def hits(z: float) -> bool:
+            return physics.collide(physics.fcl_object(asset, yaw, np.array([xy[0], xy[1], z])), anchor.obj)
+
+        lo, hi = z_est - 0.02, z_est + 0.002
+        if not hits(lo):  # falls through the surface estimate: nothing solid below
+            lo2 = z_est - 0.2
+            if not hits(lo2):
+                return None
+            lo = lo2
+        step = 0.002
+        while hits(hi):
+            hi += step
+            step *= 2
+            if hi > z_est + 0.1:
+                return None
+        for _ in range(24):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if hits(mid) else (lo, mid)
+        return hi + float(self.rng.uniform(*self.cfg.support_gap))
+
+    def add(self) -> bool:
+        rels = list(self.cfg.relation_probs)
+        probs = np.array([self.cfg.relation_probs[r] for r in rels], dtype=np.float64)
+        for _ in range(self.cfg.tries_per_instance):
+            rel = rels[int(self.rng.choice(len(rels), p=probs / probs.sum()))]
+            anchor_idx = int(self.rng.integers(1, len(self.placed) + 1))
+            p = self._on_top(anchor_idx) if rel == "on_top_of" else self._beside(rel, anchor_idx)
+            if p is not None:
+                self.placed.append(p)
+                self.relations.append({"subject": len(self.placed), "relation": rel, "object": anchor_idx})
+                return True
+        return False
+
+
+def object_to_world(p: Placed) -> np.ndarray:
+    """T(t) . Rz(yaw) . S(size) . normalization: file vertices -> world."""
+    m = np.eye(4)
+    m[:3, :3] = p.rot * p.asset.size
+    m[:3, 3] = p.t
+    return m @ np.asarray(p.record.normalization, dtype=np.float64)
+
+
+def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index: int) -> dict:
+    """One random scene spec for (dataset seed, index); raises ``SceneFailure`` after bounded retries."""
+    rng = scene_rng(dataset_seed, index, "layout")
+    reasons = []
+    for attempt in range(cfg.scene_tries):
+        n = int(rng.integers(cfg.min_instances, cfg.max_instances + 1))
+        s = SceneSampler(lib, cfg, rng)
+        if not s.place_first():
+            reasons.append("no stable first instance")
+            continue
+        while len(s.placed) < n and s.add():
+            pass
+        if len(s.placed) < n:
+            reasons.append(f"placed {len(s.placed)} of {n} instances")
+            continue
+        meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
+        aabbs = np.stack([p.aabb for p in s.placed])
+        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config())
+        if len(cameras) < cfg.views_per_scene:
+            reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")
+            continue
+        return {
+            "format": "iscene-scene/1",
+            "scene_id": scene_id(index),
+            "seed": scene_seed(dataset_seed, index),
+            "source": "random",
+            "instances": [
+                {"index": k, "uid": p.record.uid, "asset_source": p.record.source, "path": p.record.path,
+                 "sha256": p.record.sha256, "size": p.asset.size, "object_to_world": object_to_world(p).tolist(),
+                 "world_aabb": p.aabb.tolist(), "support": p.support}
+                for k, p in enumerate(s.placed, start=1)
+            ],
+            "relations": s.relations,
+            "cameras": cameras,
+            "background": [],
+            "floor": True,
+        }
+    raise SceneFailure("layout", f"scene {scene_id(index)}: no valid scene in {cfg.scene_tries} tries ({'; '.join(reasons)})")
+
+
+class RandomSceneSource:
+    """The random engine as a scene source for the runner: ``spec(index)``.
+
+    Holds only plain data (records, config, seed) when pickled to workers; the asset library and
+    its BVH caches are rebuilt lazily in each process.
+    """
+
+    source_name = "random"
+
+    def __init__(self, records_or_manifest, config: LayoutConfig = LayoutConfig(), dataset_seed: int = 0):
+        if isinstance(records_or_manifest, (str, Path)):
+            from assets_manifest import load_manifest
+
+            records_or_manifest = load_manifest(records_or_manifest)
+        self.records = list(records_or_manifest)
+        self.config = config
+        self.dataset_seed = int(dataset_seed)
+        self._lib: AssetLibrary | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lib"] = None
+        return state
+
+    @property
+    def library(self) -> AssetLibrary:
+        if self._lib is None:
+            self._lib = AssetLibrary(self.records)
+        return self._lib
+
+    def spec(self, index: int) -> dict:
+        return sample_scene(self.library, self.config, self.dataset_seed, index)
+
+    def with_config(self, **changes) -> "RandomSceneSource":
+        return RandomSceneSource(self.records, replace(self.config, **changes), self.dataset_seed)

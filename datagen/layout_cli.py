@@ -1,0 +1,89 @@
+"""`iscene-datagen layout`: scene specs (JSONL), no rendering.
+
+    iscene-datagen layout --assets catalog/ --n 1000 --seed 0 --out layouts.jsonl
+    iscene-datagen layout --procedural --n 10 --out layouts.jsonl
+
+One JSON scene spec per line (docs/SCENE_SPEC.md). Scenes that cannot be made are reported on
+stderr and in ``<out>.failures.jsonl`` with their reason; the file is written to a temporary name
+and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Asset and layout flags shared with `iscene-datagen` generate."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--assets", type=Path, help="asset catalog folder or manifest.parquet (iscene-assets build)")
+    g.add_argument("--procedural", action="store_true", help="use a built-in procedural catalog (no download)")
+    p.add_argument("--procedural-n", type=int, default=200, help="assets in the built-in procedural catalog")
+    p.add_argument("--n", type=int, required=True, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; (seed, index) determines a scene")
+    p.add_argument("--views-per-scene", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=518, help="image width = height in pixels")
+    p.add_argument("--min-instances", type=int, default=2)
+    p.add_argument("--max-instances", type=int, default=10)
+
+
+def procedural_catalog(n: int = 200, seed: int = 0) -> Path:
+    """The embedded default catalog, built once into a cache folder and reused."""
+    from assets_manifest import build_catalog
+
+    cache = Path(os.environ.get("ISCENE_CACHE", Path.home() / ".cache" / "iscene")) / f"procedural_n{n}_s{seed}"
+    manifest = cache / "manifest.parquet"
+    if manifest.is_file():
+        return manifest
+    return build_catalog("procedural", cache, n=n, seed=seed, progress=False)
+
+
+def random_source(args: argparse.Namespace):
+    from datagen.layout import LayoutConfig, RandomSceneSource
+
+    if args.min_instances < 1 or args.max_instances < args.min_instances:
+        raise SystemExit(f"--min-instances {args.min_instances} / --max-instances {args.max_instances}: need 1 <= min <= max")
+    manifest = args.assets if args.assets else procedural_catalog(args.procedural_n)
+    cfg = LayoutConfig(min_instances=args.min_instances, max_instances=args.max_instances,
+                       views_per_scene=args.views_per_scene, width=args.resolution, height=args.resolution)
+    return RandomSceneSource(manifest, cfg, args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iscene-datagen layout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="output JSONL")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    from datagen.errors import SceneFailure
+    from datagen.ids import scene_id
+
+    args = build_parser().parse_args(argv)
+    if args.assets and not args.assets.exists():
+        print(f"iscene-datagen layout: --assets {args.assets} not found", file=sys.stderr)
+        return 2
+    src = random_source(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
+    failures = []
+    with open(tmp, "w") as f:
+        for i in tqdm(range(args.n), desc="layout", unit="scene"):
+            try:
+                f.write(json.dumps(src.spec(i)) + "\n")
+            except SceneFailure as exc:
+                failures.append(exc.to_record(scene_id(i)))
+                print(f"scene {scene_id(i)} failed: {exc}", file=sys.stderr)
+    os.replace(tmp, args.out)
+    if failures:
+        fail_path = args.out.with_name(args.out.name + ".failures.jsonl")
+        fail_path.write_text("".join(json.dumps(r) + "\n" for r in failures))
+    print(f"{args.out}: {args.n - len(failures)} scenes, {len(failures)} failed")
+    return 0
