@@ -109,12 +109,17 @@ def sample_cameras(
     aabbs: np.ndarray,
     rng: np.random.Generator,
     cfg: CameraConfig = CameraConfig(),
+    points: list[np.ndarray] | None = None,
 ) -> list[dict]:
-    """``cfg.views_per_scene`` cameras framing every instance and hiding none (fewer if impossible)."""
+    """``cfg.views_per_scene`` cameras framing every instance and hiding none (fewer if impossible).
+
+    ``points``: per-instance world surface samples for the visibility estimate (sampled from the
+    meshes when not given).
+    """
     lo, hi = aabbs[:, 0].min(axis=0), aabbs[:, 1].max(axis=0)
     target = 0.5 * (lo + hi)
     corners = np.concatenate([np.where(np.array(b, bool), aabbs[:, 1], aabbs[:, 0]) for b in np.ndindex(2, 2, 2)])
-    points = [_mesh_points(m) for m in meshes_world]
+    points = points if points is not None else [_mesh_points(m) for m in meshes_world]
     cams: list[dict] = []
     for _ in range(cfg.views_per_scene):
         for _ in range(cfg.tries_per_view):

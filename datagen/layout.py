@@ -326,7 +326,7 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
             continue
         meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
         aabbs = np.stack([p.aabb for p in s.placed])
-        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config())
+        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world(p.asset.samples) for p in s.placed])
         if len(cameras) < cfg.views_per_scene:
             reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")
             continue
