@@ -138,3 +138,17 @@ def test_gradient_checkpointing_gives_same_gradients(trellis_reference):
         model(io["input.x"], io["input.t"], io["input.cond"]).square().mean().backward()
         grads.append(model.blocks[0].self_attn.to_qkv.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bf16_autocast_with_fp32_weights_stays_close(trellis_reference):
+    """The training path: fp32 master weights under bf16 autocast, SCA on, output finite and close."""
+    io = _io(trellis_reference, "ss_flow_small")
+    model = load_model(trellis_reference / "ss_flow_small" / "model").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        v = model(io["input.x"], io["input.t"], io["input.cond"])
+        v_sca = model(io["input.x"], io["input.t"], io["input.cond"], scene_index=torch.tensor([0, 0]))
+    assert model.blocks[0].self_attn.to_qkv.weight.dtype == torch.float32
+    err = ((v.float() - io["output.v"]).norm() / io["output.v"].norm()).item()
+    assert err < 3e-2
+    assert torch.allclose(v_sca[0].float(), v[0].float(), atol=1e-6)  # the scene row is unaffected by SCA
+    assert bool(torch.isfinite(v_sca).all())
