@@ -65,8 +65,16 @@ def encode_npy(arr: np.ndarray) -> bytes:
 
 
 def encode_npz(**arrays: np.ndarray) -> bytes:
+    """An uncompressed .npz (np.load reads it) with fixed zip timestamps, so the same arrays always
+    give the same bytes and shards are reproducible (np.savez stamps the current time)."""
+    import zipfile
+
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
     return buf.getvalue()
 
 
