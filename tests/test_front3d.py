@@ -159,3 +159,29 @@ def test_bad_model_file_costs_that_room_only(fixture_dirs, tmp_path):
     with pytest.raises(SceneFailure) as err:
         src.spec(0)
     assert "jid-cabinet" in err.value.reason
+
+
+@pytest.mark.blender
+def test_front3d_dataset_passes_verify(fixture_dirs, tmp_path):
+    from datagen.cli import main as datagen_main
+    from datagen.dataset_reader import iter_samples, load_dataset_json
+    from datagen.verify import verify_dataset
+
+    front, future = fixture_dirs
+    out = tmp_path / "front"
+    assert datagen_main(["--source", "3dfront", "--front-dir", str(front), "--future-dir", str(future), "--n", "5",
+                         "--views-per-scene", "2", "--resolution", "128", "--samples", "2", "--no-denoise",
+                         "--min-visible-pixels", "4", "--out", str(out), "--no-ray", "--name", "front"]) == 0
+    info = load_dataset_json(out)
+    assert info["counts"]["scenes_requested"] == 1  # one usable room in the fixture
+    assert info["source_info"]["cleaning"]["dropped"] == {
+        "invalid_furniture": 2, "missing_model": 2, "absurd_scale": 2, "too_few_furniture": 1, "duplicate_room": 1,
+    }
+    assert (out / "split.jsonl").is_file()
+    rep = verify_dataset(out)
+    assert rep.ok, rep.problems[:5]
+    _, s = next(iter_samples(out))
+    assert s["meta"]["source"] == "3d-front" and all(i["support"] is None for i in s["meta"]["instances"])
+    assert s["meta"]["room"]["room_id"] == "LivingRoom-1"
+    # the floor is rendered (depth there) but is never an instance (id 0)
+    assert ((s["inst"] == 0) & (s["depth"] > 0)).sum() > 0
