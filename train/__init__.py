@@ -1,1 +1,1 @@
-"""train package."""
+"""I-Scene trainer: reads only shards and checkpoints (never imports datagen)."""
