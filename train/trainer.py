@@ -180,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
     log_path = out / "log.jsonl"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     metrics = {}
-    t_last, wait_acc, rows_acc = time.perf_counter(), 0.0, 0
+    t_last, wait_acc, rows_acc, steps_acc = time.perf_counter(), 0.0, 0, 0
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = next(loader)
@@ -203,6 +203,7 @@ def train(cfg: TrainConfig) -> dict:
         ema_update(ema, flow, cfg.ema_decay)
         step += 1
         rows_acc += len(is_scene)
+        steps_acc += 1
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
             dt = time.perf_counter() - t_last
             inst_rows = ~is_scene
@@ -214,6 +215,7 @@ def train(cfg: TrainConfig) -> dict:
                 "grad_norm": float(grad_norm),
                 "lr": lr_at(step - 1, cfg),
                 "rows_per_s": rows_acc / dt,
+                "steps_per_s": steps_acc / dt,
                 "data_wait_fraction": wait_acc / dt,
                 "sources": batch["source"],
             }
@@ -222,7 +224,7 @@ def train(cfg: TrainConfig) -> dict:
                     writer.add_scalar(f"train/{k}", v, step)
             with open(log_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            t_last, wait_acc, rows_acc = time.perf_counter(), 0.0, 0
+            t_last, wait_acc, rows_acc, steps_acc = time.perf_counter(), 0.0, 0, 0
         if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
             n = int((scene_index == 0).sum())
             noise = torch.randn(x0[:n].shape, generator=gen, device=device)
