@@ -8,7 +8,6 @@ written last; a shard without a matching record is redone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,15 +15,9 @@ from typing import Iterable
 
 import webdataset as wds
 
+from assets_manifest.mesh_io import file_sha256 as sha256_file  # one implementation for the project
+
 FIXED_MTIME = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shard(path: Path, samples: Iterable[dict]) -> tuple[int, str]:

@@ -8,7 +8,6 @@ function of (house files, model files, dataset seed, index), so a room can be re
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from assets_manifest.mesh_io import file_sha256
 from datagen.errors import SceneFailure
 from datagen.front3d.cameras import RoomCameraConfig, sample_room_cameras
 from datagen.front3d.cleaning import CleaningConfig, CleaningReport, KeptFurniture, clean_room, room_signature
@@ -45,14 +45,6 @@ class RoomEntry:
     @property
     def key(self) -> str:
         return f"{self.house_id}/{self.room_id}"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_export(mesh: trimesh.Trimesh, path: Path) -> None:
@@ -259,7 +251,7 @@ class Front3DSource:
                     "uid": kept.jid,
                     "asset_source": "3d-future",
                     "path": str(kept.model_path.resolve()),
-                    "sha256": _file_sha256(kept.model_path),
+                    "sha256": file_sha256(kept.model_path),
                     "object_to_world": o2w.tolist(),
                     "world_aabb": [world.min(axis=0).tolist(), world.max(axis=0).tolist()],
                     "support": None,
