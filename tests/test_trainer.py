@@ -167,3 +167,27 @@ def test_sweep_writes_one_config_per_run(tmp_path):
     assert main(["sweep", str(grid), "--out", str(tmp_path / "sweep")]) == 0
     lines = (tmp_path / "sweep" / "commands.sh").read_text().splitlines()[2:]
     assert len(lines) == 4 and all("--config" in l for l in lines)
+
+
+def test_fine_tune_from_a_trellis_folder(datasets, trellis_reference, tmp_path):
+    """--init loads a TRELLIS-image-large-style folder (strict, safetensors) and trains in fp32."""
+    import shutil
+
+    from tests.test_conditioning import _tiny_transformers_folder
+    from train.trainer import train
+
+    weights = tmp_path / "trellis"
+    (weights / "ckpts").mkdir(parents=True)
+    for src, dst in [("ss_flow_small", "ss_flow_img_dit_L_16l8_fp16"), ("ss_dec_small", "ss_dec_conv3d_16l8_fp16"),
+                     ("ss_enc_small", "ss_enc_conv3d_16l8_fp16")]:
+        shutil.copy(trellis_reference / src / "model.json", weights / "ckpts" / f"{dst}.json")
+        shutil.copy(trellis_reference / src / "model.safetensors", weights / "ckpts" / f"{dst}.safetensors")
+    (weights / "pipeline.json").write_text(json.dumps({"name": "TrellisImageTo3DPipeline", "args": {"models": {
+        "sparse_structure_flow_model": "ckpts/ss_flow_img_dit_L_16l8_fp16", "sparse_structure_decoder": "ckpts/ss_dec_conv3d_16l8_fp16"}}}))
+    _tiny_transformers_folder(tmp_path / "dino", channels=64, image_size=56)
+    cfg = _cfg(tmp_path, "big", steps=2, init=str(weights), dinov2=str(tmp_path / "dino"), ckpt_every=2)
+    train(cfg)
+    before = load_file(str(trellis_reference / "ss_flow_small" / "model.safetensors"))
+    after = load_file(str(Path(cfg.out) / "ckpt" / "step_00000002" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(v.dtype == torch.float32 for v in after.values())
+    assert not torch.equal(before["blocks.0.self_attn.to_qkv.weight"], after["blocks.0.self_attn.to_qkv.weight"])
