@@ -191,3 +191,18 @@ def test_fine_tune_from_a_trellis_folder(datasets, trellis_reference, tmp_path):
     after = load_file(str(Path(cfg.out) / "ckpt" / "step_00000002" / "model.safetensors"))
     assert before.keys() == after.keys() and all(v.dtype == torch.float32 for v in after.values())
     assert not torch.equal(before["blocks.0.self_attn.to_qkv.weight"], after["blocks.0.self_attn.to_qkv.weight"])
+
+
+def test_same_entry_point_under_ray_train(datasets, tmp_path):
+    import ray
+
+    from train.cli import main
+
+    out = tmp_path / "ray"
+    try:
+        assert main(["--mix", "big", "--out", str(out), "--steps", "2", "--batch-size", "1", "--image-size", "28",
+                     "--max-instances", "2", "--num-workers", "0", "--ray-workers", "2"]) == 0
+    finally:
+        ray.shutdown()
+    meta = json.loads((out / "ckpt" / "step_00000002" / "meta.json").read_text())
+    assert meta["world_size"] == 2
