@@ -1,15 +1,20 @@
 """Image conditioning as TRELLIS does it: DINOv2 ViT-L/14 with registers at 518 px.
 
 Features are the backbone's tokens *before* its final norm (class token, 4 registers, 37 x 37
-patches = 1374 tokens), then a LayerNorm without affine. The unconditional / negative condition is
-zeros of the same shape. Instance images are cropped TRELLIS-style: alpha from the mask, the mask's
-box enlarged 1.2x around its centre (square), resized to 518 with Lanczos, RGB multiplied by alpha
-(black background).
+patches = 1374 tokens of 1024 for ViT-L), then a LayerNorm without affine. The unconditional /
+negative condition is zeros of the same shape (``torch.zeros_like``). Instance images are cropped
+TRELLIS-style: alpha from the mask, the mask's box enlarged 1.2x around its centre (square), resized
+to 518 with Lanczos, RGB multiplied by alpha (black background).
 
-Weights load from local files only (Hugging Face and torch.hub servers are not needed):
-- a ``transformers`` folder (``config.json`` + weights) of ``Dinov2WithRegistersModel``;
-- a torch.hub repo folder (``hubconf.py``, e.g. ``$TORCH_HOME/hub/facebookresearch_dinov2_main``)
-  whose entry point finds its checkpoint in ``$TORCH_HOME/hub/checkpoints``.
+Weights load from local files only (no Hugging Face or torch.hub server is contacted):
+- a ``transformers`` folder (``config.json`` + weights) of ``Dinov2WithRegistersModel``. Its
+  ``hidden_states[-1]`` (with ``output_hidden_states=True``) is the last block's output before the
+  final ``layernorm`` -- the same tensor as the hub model's ``x_prenorm``; ``last_hidden_state`` is
+  the *normed* one and is not what TRELLIS uses;
+- the torch.hub cache layout: ``<hub>/facebookresearch_dinov2_main`` (the repo, with ``hubconf.py``)
+  and ``<hub>/checkpoints/dinov2_vitl14_reg4_pretrain.pth``. ``path`` may be the repo folder, the
+  ``<hub>`` folder or ``$TORCH_HOME`` (which holds ``hub/``). The hub directory is pointed at
+  ``<hub>`` while loading so the repo's own loader finds the checkpoint there instead of downloading.
 """
 
 from __future__ import annotations
@@ -22,9 +27,55 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SIZE",
+    "HUB_REPO_NAME",
+    "HUB_ENTRY",
+    "HUB_CHECKPOINT",
+    "DinoConditioner",
+    "find_hub_repo",
+    "crop_box",
+    "crop_instance",
+    "crop_scene",
+]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 518
+HUB_REPO_NAME = "facebookresearch_dinov2_main"
+HUB_ENTRY = "dinov2_vitl14_reg"
+HUB_CHECKPOINT = "dinov2_vitl14_reg4_pretrain.pth"
+
+
+def find_hub_repo(path: str | Path) -> Path | None:
+    """The torch.hub repo folder (with ``hubconf.py``) at ``path``, ``path/<repo>`` or ``path/hub/<repo>``."""
+    path = Path(path)
+    for cand in (path, path / HUB_REPO_NAME, path / "hub" / HUB_REPO_NAME):
+        if (cand / "hubconf.py").is_file():
+            return cand
+    return None
+
+
+def _load_hub(repo: Path, entry: str, checkpoint: str) -> nn.Module:
+    """``torch.hub.load(repo, entry, source="local")`` with the hub dir set to the repo's parent.
+
+    The upstream hubconf fetches its weights with ``load_state_dict_from_url``, which reads
+    ``<hub dir>/checkpoints/<file>`` when present; pointing the hub dir at the folder holding the
+    repo makes that lookup local. A missing checkpoint is reported here, by name, rather than as a
+    network error from inside the hubconf.
+    """
+    hub_dir = repo.parent
+    ckpt = hub_dir / "checkpoints" / checkpoint
+    if checkpoint and not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: DINOv2 checkpoint missing next to the torch.hub repo {repo}")
+    previous = getattr(torch.hub, "_hub_dir", None)
+    torch.hub.set_dir(str(hub_dir))
+    try:
+        return torch.hub.load(str(repo), entry, source="local", trust_repo=True)
+    finally:
+        torch.hub._hub_dir = previous  # restore exactly (None = follow $TORCH_HOME again)
 
 
 class DinoConditioner(nn.Module):
@@ -33,35 +84,52 @@ class DinoConditioner(nn.Module):
     def __init__(self, backbone: nn.Module, kind: str):
         super().__init__()
         if kind not in ("transformers", "hub"):
-            raise ValueError(f"unknown backbone kind {kind!r}")
+            raise ValueError(f"unknown backbone kind {kind!r}; expected 'transformers' or 'hub'")
         self.backbone = backbone.eval().requires_grad_(False)
         self.kind = kind
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, hub_entry: str = "dinov2_vitl14_reg") -> "DinoConditioner":
+    def from_pretrained(
+        cls, path: str | Path, hub_entry: str = HUB_ENTRY, hub_checkpoint: str = HUB_CHECKPOINT
+    ) -> "DinoConditioner":
+        """Load local weights: a transformers folder, or the torch.hub cache layout (see module doc)."""
         path = Path(path)
         if (path / "config.json").is_file():
-            from transformers import AutoModel
+            import json
 
-            return cls(AutoModel.from_pretrained(str(path), local_files_only=True), "transformers")
-        if (path / "hubconf.py").is_file():
-            return cls(torch.hub.load(str(path), hub_entry, source="local", trust_repo=True), "hub")
+            from transformers import Dinov2WithRegistersModel
+
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            if model_type != "dinov2_with_registers":
+                raise ValueError(
+                    f"{path / 'config.json'}: model_type is {model_type!r}; TRELLIS conditions on DINOv2 "
+                    f"*with registers* (model_type 'dinov2_with_registers')"
+                )
+            model = Dinov2WithRegistersModel.from_pretrained(str(path), local_files_only=True)
+            return cls(model, "transformers")
+        repo = find_hub_repo(path)
+        if repo is not None:
+            return cls(_load_hub(repo, hub_entry, hub_checkpoint), "hub")
         raise FileNotFoundError(
-            f"{path}: not a DINOv2 folder (expected a transformers folder with config.json, or a torch.hub "
-            f"repo folder with hubconf.py such as $TORCH_HOME/hub/facebookresearch_dinov2_main)"
+            f"{path}: not a DINOv2 folder (expected a transformers folder with config.json, or the torch.hub "
+            f"layout <hub>/{HUB_REPO_NAME}/hubconf.py + <hub>/checkpoints/{hub_checkpoint})"
         )
 
     @property
     def out_channels(self) -> int:
+        """Token width C (1024 for ViT-L); must equal the flow model's ``cond_channels``."""
         if self.kind == "transformers":
             return int(self.backbone.config.hidden_size)
         return int(self.backbone.embed_dim)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        """(B, 3, S, S) in [0, 1] -> pre-norm tokens, layer-normed without affine (B, L, C)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects (B, 3, S, S) images, got {tuple(images.shape)}")
+        x = (images.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
         if self.kind == "transformers":
             tokens = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states[-1]
         else:
@@ -77,30 +145,36 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def crop_box(mask: np.ndarray, scale: float = 1.2) -> tuple[float, float, float]:
-    """(centre x, centre y, side) of the square crop around a mask's box enlarged by ``scale``."""
+    """(centre x, centre y, side) in pixels of the square crop: the mask's box enlarged by ``scale``."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        raise ValueError("crop_instance: empty mask")
+        raise ValueError("crop_instance: empty mask (the instance has no pixel)")
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     return (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0) * scale
 
 
 def crop_instance(rgb: np.ndarray, mask: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """TRELLIS-style instance crop: float (3, size, size) in [0, 1] on black."""
+    """TRELLIS-style instance crop: float (3, size, size) in [0, 1], RGB x alpha (black outside).
+
+    The square box is cut at native resolution (transparent outside the image, as PIL's crop
+    pads), then the RGBA crop is resized with Lanczos and premultiplied -- TRELLIS's order, so the
+    mask edge is antialiased the same way.
+    """
+    if rgb.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"crop_instance: image {rgb.shape[:2]} and mask {mask.shape[:2]} differ in size")
     cx, cy, side = crop_box(mask)
     rgba = np.concatenate([rgb[..., :3], (mask > 0).astype(np.uint8)[..., None] * 255], axis=-1)
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    # cut the square box at native resolution (zero outside the image), then Lanczos to ``size``
     side_px = max(1, int(round(side)))
-    crop = Image.fromarray(rgba, "RGBA").transform((side_px, side_px), Image.EXTENT, box, resample=Image.NEAREST, fillcolor=(0, 0, 0, 0))
-    img = crop.resize((size, size), Image.LANCZOS)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    rgb_f = arr[..., :3] * arr[..., 3:4]
-    return torch.from_numpy(rgb_f).permute(2, 0, 1).contiguous()
+    crop = Image.fromarray(np.ascontiguousarray(rgba), "RGBA").transform(
+        (side_px, side_px), Image.EXTENT, box, resample=Image.NEAREST, fillcolor=(0, 0, 0, 0)
+    )
+    arr = np.asarray(crop.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr[..., :3] * arr[..., 3:4]).permute(2, 0, 1).contiguous()
 
 
 def crop_scene(rgb: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """The whole view, padded to a square (black) and resized: float (3, size, size) in [0, 1]."""
+    """The whole view, centred on a black square and resized (Lanczos): float (3, size, size) in [0, 1]."""
     h, w = rgb.shape[:2]
     side = max(h, w)
     canvas = np.zeros((side, side, 3), np.uint8)

@@ -1,43 +1,93 @@
 """Decoder logits -> meshes: marching cubes per instance, one GLB with a node per instance.
 
-Meshes are in the view-centric grid cube ``[-0.5, 0.5]^3`` (x right, y forward, z up as seen from the
-input camera), so instances keep the placement the image implies; voxels go to an .npz beside it.
+Meshes are in the view-centric grid cube ``[-0.5, 0.5]^3`` (x right, y forward, z up as seen from
+the input camera; docs/VIEW_SPACE.md). Every instance of a scene shares that one grid, so the
+instances keep the placement the image implies without any per-instance transform. Voxel index ->
+grid position goes through ``iscene_core.space.voxel_centers`` (the project's one convention).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
+from iscene_core.space import voxel_centers
+
+__all__ = ["logits_to_mesh", "export_scene", "save_voxels"]
+
+log = logging.getLogger(__name__)
+
 
 def logits_to_mesh(logits: np.ndarray, level: float = 0.0) -> trimesh.Trimesh | None:
-    """Marching cubes on a (R, R, R) logit volume (occupied where > level); None if no surface."""
+    """Marching cubes on a (R, R, R) logit volume (occupied where > ``level``); None if nothing is occupied.
+
+    The volume is padded with a very negative value so shapes touching the grid border are closed
+    (watertight) instead of open; faces are wound so normals point out of the occupied region.
+    """
     from skimage.measure import marching_cubes
 
-    vol = np.pad(np.asarray(logits, dtype=np.float32), 1, constant_values=-1e3)  # close open borders
-    if not (vol.max() > level > vol.min()):
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 3 or len(set(logits.shape)) != 1:
+        raise ValueError(f"logits_to_mesh expects a cubic (R, R, R) volume, got {logits.shape}")
+    if not np.any(logits > level):
         return None
+    vol = np.pad(logits, 1, constant_values=min(float(logits.min()), level) - 1e3)
     verts, faces, _, _ = marching_cubes(vol, level=level)
-    R = logits.shape[0]
-    verts = (verts - 1 + 0.5) / R - 0.5  # padded index -> voxel centre -> grid coordinates
+    verts = voxel_centers(verts - 1.0, logits.shape[0])  # padded index -> voxel index -> grid coords
     return trimesh.Trimesh(verts, faces[:, ::-1], process=True)
 
 
-def export_scene(logits_per_instance: dict[str, np.ndarray], out_glb: str | Path) -> dict[str, int]:
-    """Write one GLB with a node per instance that has a surface; returns faces per node name."""
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def export_scene(
+    logits_per_instance: dict[str, np.ndarray],
+    out_glb: str | Path,
+    level: float = 0.0,
+    node_transform: np.ndarray | None = None,
+) -> dict[str, int]:
+    """Write one GLB (atomically) with a node per entry, named by its key; returns faces per node.
+
+    Vertex data stays in grid coordinates; ``node_transform`` (4x4, e.g. grid -> glTF's +Y-up
+    frame) is set on every node, so viewers show the scene upright while readers of the mesh data
+    keep the grid. An instance with no occupied voxel still gets its (empty) node, so a reader can
+    count the instances in the file; its face count is 0 and a warning is logged.
+    """
+    matrix = np.eye(4) if node_transform is None else np.asarray(node_transform, dtype=np.float64)
     scene = trimesh.Scene()
-    faces = {}
+    faces: dict[str, int] = {}
     for name, logits in logits_per_instance.items():
-        mesh = logits_to_mesh(logits)
-        if mesh is None:
+        mesh = logits_to_mesh(logits, level)
+        if mesh is None or len(mesh.faces) == 0:
+            log.warning("%s: decoder predicts no occupied voxel; writing an empty node", name)
+            scene.graph.update(frame_to=name, frame_from=scene.graph.base_frame, matrix=matrix)
+            faces[name] = 0
             continue
-        scene.add_geometry(mesh, node_name=name, geom_name=name)
+        scene.add_geometry(mesh, node_name=name, geom_name=name, transform=matrix)
         faces[name] = int(len(mesh.faces))
     out_glb = Path(out_glb)
-    tmp = out_glb.with_name(f".{out_glb.stem}.tmp{os.getpid()}.glb")
-    scene.export(tmp)
-    os.replace(tmp, out_glb)
+    tmp = _atomic_target(out_glb)
+    try:
+        tmp.write_bytes(scene.export(file_type="glb"))
+        os.replace(tmp, out_glb)
+    finally:
+        tmp.unlink(missing_ok=True)
     return faces
+
+
+def save_voxels(path: str | Path, voxels: dict[str, np.ndarray]) -> None:
+    """Save named (M, 3) uint8 voxel-index arrays to an ``.npz`` (compressed, written atomically)."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v, dtype=np.uint8).reshape(-1, 3) for k, v in voxels.items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

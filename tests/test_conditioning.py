@@ -1,29 +1,33 @@
-"""DINOv2 conditioning (both local layouts), TRELLIS-style crops, metrics, and iscene-infer end to end."""
+"""DINOv2 conditioning from both local layouts (tiny random configurations) and TRELLIS-style crops."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import trimesh
-from PIL import Image
 
-from iscene_core.conditioning import DinoConditioner, crop_instance, crop_scene
-from iscene_core.metrics import chamfer_distance, f_score, voxel_iou
+from iscene_core.conditioning import HUB_CHECKPOINT, DinoConditioner, crop_box, crop_instance, crop_scene
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def _tiny_transformers_folder(path, channels=64, image_size=518):
+    """A random 2-layer Dinov2WithRegisters saved as a transformers folder; returns the model."""
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(0)
     cfg = Dinov2WithRegistersConfig(hidden_size=channels, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * channels,
                                     patch_size=14, image_size=image_size, num_register_tokens=4)
     model = Dinov2WithRegistersModel(cfg).eval()
+    with torch.no_grad():  # make the final norm non-trivial so pre- and post-norm tokens differ clearly
+        model.layernorm.weight.uniform_(0.5, 2.0)
+        model.layernorm.bias.normal_(0, 0.5)
     model.save_pretrained(path)
     return model
 
@@ -31,118 +35,158 @@ def _tiny_transformers_folder(path, channels=64, image_size=518):
 def test_transformers_folder_gives_prenorm_tokens_layer_normed(tmp_path):
     ref = _tiny_transformers_folder(tmp_path / "dino")
     cond = DinoConditioner.from_pretrained(tmp_path / "dino")
+    assert cond.kind == "transformers" and cond.out_channels == 64
     img = torch.rand(2, 3, 518, 518)
     feats = cond.encode(img)
     assert feats.shape == (2, 1 + 4 + 37 * 37, 64)  # class, 4 registers, 37 x 37 patches
-    x = (img - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        out = ref(pixel_values=x, output_hidden_states=True)
+        out = ref(pixel_values=(img - MEAN) / STD, output_hidden_states=True)
+    # what transformers returns: hidden_states = (embeddings, block 1, ..., block L), the last one
+    # before the final layernorm; last_hidden_state = that layernorm applied to it
+    assert len(out.hidden_states) == 2 + 1
+    torch.testing.assert_close(ref.layernorm(out.hidden_states[-1]), out.last_hidden_state)
     torch.testing.assert_close(feats, F.layer_norm(out.hidden_states[-1], (64,)), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(feats, out.last_hidden_state, atol=1e-3)  # not the post-norm output
+    assert not torch.allclose(feats, out.last_hidden_state, atol=1e-2)  # not the post-norm (affine) output
+    # layer norm without affine: every token has zero mean and unit variance
+    torch.testing.assert_close(feats.mean(-1), torch.zeros(2, 1374), atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats.var(-1, unbiased=False), torch.ones(2, 1374), atol=2e-2, rtol=0)  # eps 1e-5 shows on near-constant register tokens
 
 
-def test_torch_hub_local_layout(tmp_path, monkeypatch):
-    """A repo folder with hubconf.py + a checkpoint in $TORCH_HOME/hub/checkpoints, loaded offline."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    repo = tmp_path / "torch_home" / "hub" / "facebookresearch_dinov2_main"
-    repo.mkdir(parents=True)
-    (repo / "hubconf.py").write_text(textwrap.dedent('''
-        import torch
-        dependencies = ["torch"]
+def test_transformers_folder_without_registers_is_refused(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
 
-        class TinyViT(torch.nn.Module):
-            embed_dim = 16
-            def __init__(self):
-                super().__init__()
-                self.patch = torch.nn.Conv2d(3, 16, 14, stride=14)
-                self.tokens = torch.nn.Parameter(torch.zeros(1, 5, 16))
-                self.norm = torch.nn.LayerNorm(16)
-            def forward_features(self, x):
-                p = self.patch(x).flatten(2).transpose(1, 2)
-                t = torch.cat([self.tokens.expand(len(x), -1, -1), p], 1)
-                return {"x_prenorm": t, "x_norm_patchtokens": self.norm(t)[:, 5:]}
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="with registers"):
+        DinoConditioner.from_pretrained(tmp_path / "plain")
 
-        def dinov2_vitl14_reg(pretrained=True, **kwargs):
-            model = TinyViT()
-            if pretrained:
-                path = torch.hub.get_dir() + "/checkpoints/dinov2_vitl14_reg4_pretrain.pth"
-                model.load_state_dict(torch.load(path, weights_only=True))
-            return model
-    '''))
-    (repo.parent / "checkpoints").mkdir()
+
+HUBCONF = textwrap.dedent('''
+    """Minimal stand-in for facebookresearch/dinov2's hubconf: a tiny ViT with 4 registers."""
+    import torch
+    dependencies = ["torch"]
+    URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth"
+
+    class TinyViT(torch.nn.Module):
+        embed_dim = 16
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = torch.nn.Conv2d(3, 16, 14, stride=14)
+            self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 16))
+            self.register_tokens = torch.nn.Parameter(torch.zeros(1, 4, 16))
+            self.block = torch.nn.Linear(16, 16)
+            self.norm = torch.nn.LayerNorm(16)
+        def forward_features(self, x):
+            p = self.patch_embed(x).flatten(2).transpose(1, 2)
+            b = len(x)
+            t = torch.cat([self.cls_token.expand(b, -1, -1), self.register_tokens.expand(b, -1, -1), p], 1)
+            t = t + self.block(t)
+            n = self.norm(t)
+            return {"x_norm_clstoken": n[:, 0], "x_norm_patchtokens": n[:, 5:], "x_prenorm": t}
+
+    def dinov2_vitl14_reg(pretrained=True, **kwargs):
+        model = TinyViT()
+        if pretrained:  # as upstream: fetched through the hub cache (local file when present)
+            model.load_state_dict(torch.hub.load_state_dict_from_url(URL, map_location="cpu"))
+        return model
+''')
+
+
+def _tiny_hub_layout(root: Path) -> tuple[Path, torch.nn.Module]:
+    """``root/hub/facebookresearch_dinov2_main/hubconf.py`` + ``root/hub/checkpoints/<ckpt>``; returns (repo, source model)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("hubconf_tmp", repo / "hubconf.py")
+    repo = root / "hub" / "facebookresearch_dinov2_main"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(HUBCONF)
+    spec = importlib.util.spec_from_file_location("tiny_hubconf", repo / "hubconf.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     torch.manual_seed(1)
     src = mod.TinyViT()
-    torch.save(src.state_dict(), repo.parent / "checkpoints" / "dinov2_vitl14_reg4_pretrain.pth")
-    cond = DinoConditioner.from_pretrained(repo)
-    img = torch.rand(1, 3, 518, 518)
-    x = (img - cond.mean) / cond.std
-    torch.testing.assert_close(cond.encode(img), F.layer_norm(src.forward_features(x)["x_prenorm"], (16,)))
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_(0, 0.2)
+    (root / "hub" / "checkpoints").mkdir()
+    torch.save(src.state_dict(), root / "hub" / "checkpoints" / HUB_CHECKPOINT)
+    return repo, src.eval()
+
+
+def test_torch_hub_cache_layout_loads_offline(tmp_path, monkeypatch):
+    """The hubconf's own download call finds the checkpoint beside the repo, wherever TORCH_HOME points."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))  # not where the weights are
+    before = torch.hub.get_dir()
+    repo, src = _tiny_hub_layout(tmp_path / "torch_home")
+    img = torch.rand(2, 3, 518, 518)
+    with torch.no_grad():
+        expected = F.layer_norm(src.forward_features((img - MEAN) / STD)["x_prenorm"], (16,))
+    for path in (repo, repo.parent, repo.parent.parent):  # repo, <hub>, $TORCH_HOME forms
+        cond = DinoConditioner.from_pretrained(path)
+        assert cond.kind == "hub" and cond.out_channels == 16
+        feats = cond.encode(img)
+        assert feats.shape == (2, 1 + 4 + 37 * 37, 16)
+        torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-5)
+    assert torch.hub.get_dir() == before  # the global hub dir is restored
+    assert not (tmp_path / "elsewhere").exists()  # nothing was downloaded or cached elsewhere
+
+
+def test_hub_layout_errors_name_the_missing_file(tmp_path):
+    repo, _ = _tiny_hub_layout(tmp_path / "th")
+    (repo.parent / "checkpoints" / HUB_CHECKPOINT).unlink()
+    with pytest.raises(FileNotFoundError, match=HUB_CHECKPOINT):
+        DinoConditioner.from_pretrained(repo)
     with pytest.raises(FileNotFoundError, match="not a DINOv2 folder"):
-        DinoConditioner.from_pretrained(tmp_path)
+        DinoConditioner.from_pretrained(tmp_path / "nothing_here")
+
+
+def _red_box_image(h, w, y0, y1, x0, x1):
+    rgb = np.full((h, w, 3), 200, np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    rgb[mask] = (255, 0, 0)
+    return rgb, mask
+
+
+def _red_extent(out):
+    ys, xs = np.nonzero(out[0] > 0.5)
+    return xs.min(), xs.max(), ys.min(), ys.max()
 
 
 def test_instance_crop_is_centred_enlarged_and_black_outside():
-    rgb = np.full((200, 300, 3), 200, np.uint8)
-    mask = np.zeros((200, 300), bool)
-    mask[40:100, 150:270] = True  # 120 wide, 60 tall; centre (210, 70)
-    rgb[mask] = (255, 0, 0)
+    rgb, mask = _red_box_image(200, 300, 40, 100, 150, 270)  # 120 wide, 60 tall, centre (210, 70)
+    assert crop_box(mask) == pytest.approx((210.0, 70.0, 144.0))
     out = crop_instance(rgb, mask, size=240).numpy()
-    assert out.shape == (3, 240, 240)
-    red = out[0] > 0.5
-    ys, xs = np.nonzero(red)
-    # the mask's width (the longer side) spans 1 / 1.2 of the crop, centred
-    assert abs((xs.max() - xs.min() + 1) - 240 / 1.2) <= 3 and abs((xs.min() + xs.max()) / 2 - 119.5) <= 2
-    assert abs((ys.max() - ys.min() + 1) - 60 * 240 / 144) <= 3 and abs((ys.min() + ys.max()) / 2 - 119.5) <= 2
-    assert out[:, 5, 5].max() < 0.02  # background outside the mask is black (alpha 0), not grey
+    assert out.shape == (3, 240, 240) and out.dtype == np.float32
+    x0, x1, y0, y1 = _red_extent(out)
+    # the longer side (width) spans 1 / 1.2 of the crop; the shorter keeps the aspect ratio; both centred
+    assert abs((x1 - x0 + 1) - 240 / 1.2) <= 3 and abs((x0 + x1) / 2 - 119.5) <= 2
+    assert abs((y1 - y0 + 1) - 60 * 240 / 144) <= 3 and abs((y0 + y1) / 2 - 119.5) <= 2
+    # grey background pixels outside the mask are black (alpha 0), inside is pure red
+    assert out[:, 5, 5].max() < 0.02 and out[:, 119, 119] == pytest.approx([1.0, 0.0, 0.0], abs=0.02)
+    assert out.min() >= -0.05 and out.max() <= 1.05  # Lanczos overshoot stays small
+
+
+def test_instance_crop_at_the_image_border_pads_black():
+    rgb, mask = _red_box_image(100, 100, 0, 50, 0, 20)  # touches the top-left corner
+    out = crop_instance(rgb, mask, size=120).numpy()
+    x0, x1, y0, y1 = _red_extent(out)
+    assert abs((y1 - y0 + 1) - 120 / 1.2) <= 3 and abs((y0 + y1) / 2 - 59.5) <= 2  # centre kept, not shifted inward
+    assert abs((x1 - x0 + 1) - 20 * 120 / 60) <= 3 and abs((x0 + x1) / 2 - 59.5) <= 2
+    assert out[:, :5].max() < 0.02  # the part of the box above the image is black
+
+
+def test_crop_errors():
+    rgb, mask = _red_box_image(50, 60, 10, 20, 10, 20)
+    with pytest.raises(ValueError, match="empty mask"):
+        crop_instance(rgb, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="differ in size"):
+        crop_instance(rgb, mask[:40])
+
+
+def test_scene_crop_pads_to_square_and_keeps_the_view():
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    rgb[:, :100] = (0, 255, 0)  # left half green, right half black
     s = crop_scene(rgb, size=100).numpy()
-    assert s.shape == (3, 100, 100) and s[:, 2, 50].max() == 0  # padded to square with black
-
-
-def test_metrics_against_hand_computed_values():
-    a = np.zeros((4, 4, 4), bool)
-    b = np.zeros((4, 4, 4), bool)
-    a[0, 0, :2] = True
-    b[0, 0, 1:3] = True
-    assert voxel_iou(a, b) == pytest.approx(1 / 3)
-    assert voxel_iou(np.argwhere(a), np.argwhere(b)) == pytest.approx(1 / 3)
-    p = np.array([[0.0, 0, 0], [1, 0, 0]])
-    q = np.array([[0.0, 0, 0], [1, 0.5, 0]])
-    assert chamfer_distance(p, q) == pytest.approx(0.25)
-    assert f_score(p, q, 0.1) == pytest.approx(0.5) and f_score(p, q, 0.6) == pytest.approx(1.0)
-
-
-def test_iscene_infer_end_to_end_with_tiny_weights(trellis_reference, tmp_path):
-    from iscene_core.infer import main as infer_main
-
-    weights = tmp_path / "weights"
-    (weights / "ckpts").mkdir(parents=True)
-    for src, dst in [("ss_flow_small", "ss_flow_img_dit_L_16l8_fp16"), ("ss_dec_small", "ss_dec_conv3d_16l8_fp16")]:
-        shutil.copy(trellis_reference / src / "model.json", weights / "ckpts" / f"{dst}.json")
-        shutil.copy(trellis_reference / src / "model.safetensors", weights / "ckpts" / f"{dst}.safetensors")
-    (weights / "pipeline.json").write_text(json.dumps({"name": "TrellisImageTo3DPipeline", "args": {
-        "models": {"sparse_structure_flow_model": "ckpts/ss_flow_img_dit_L_16l8_fp16", "sparse_structure_decoder": "ckpts/ss_dec_conv3d_16l8_fp16"},
-        "sparse_structure_sampler": {"args": {"sigma_min": 1e-5}, "params": {"steps": 3, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}}}))
-    _tiny_transformers_folder(tmp_path / "dino", channels=64)  # the small flow model's cond_channels
-    rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    mask = np.zeros((96, 128), np.uint16)
-    mask[10:40, 10:50], mask[50:90, 60:120], mask[20:30, 80:100] = 1, 2, 7
-    Image.fromarray(rgb).save(tmp_path / "img.png")
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    out = tmp_path / "scene.glb"
-    assert infer_main([str(tmp_path / "img.png"), "--masks", str(tmp_path / "mask.png"), "--weights", str(weights),
-                       "--dinov2", str(tmp_path / "dino"), "--out", str(out), "--device", "cpu"]) == 0
-    scene = trimesh.load(out)
-    assert sorted(scene.graph.nodes_geometry) == ["instance_1", "instance_2", "instance_7"]
-    vox = np.load(out.with_suffix(".npz"))
-    assert set(vox.files) == {"scene", "instance_1", "instance_2", "instance_7"}
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert report["sampler"]["steps"] == 3 and report["instances"] == [1, 2, 7]
-    # a mask of the wrong size is a clear error
-    Image.fromarray(mask[:50]).save(tmp_path / "bad.png")
-    assert infer_main([str(tmp_path / "img.png"), "--masks", str(tmp_path / "bad.png"), "--weights", str(weights),
-                       "--dinov2", str(tmp_path / "dino"), "--out", str(out)]) == 2
+    assert s.shape == (3, 100, 100)
+    assert s[:, 10, 50].max() < 0.02 and s[:, 90, 50].max() < 0.02  # black bands above and below (rows 0-24, 75-99)
+    assert s[1, 50, 25] == pytest.approx(1.0, abs=0.02) and s[1, 50, 75] < 0.02  # image in rows 25-74, unflipped
+    assert s[1, 26:74, 10].min() > 0.95 and s[1, 30:70, 5:45].mean() == pytest.approx(1.0, abs=0.01)
