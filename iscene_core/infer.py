@@ -1,90 +1,235 @@
-"""`iscene-infer IMAGE --masks MASKS --weights DIR --dinov2 DIR --out scene.glb`
+"""iscene-infer: one image + an instance-id mask -> one mesh per instance in one GLB.
 
-One image + an instance-id mask (16-bit PNG, value i = instance i, 0 = background, like the
-shards' inst.png) -> the scene and all instances sampled jointly (SCA: each instance attends to its
-scene) -> sparse-structure decoder -> one mesh per instance in one GLB (a node per instance, in the
-view-centric grid), plus the voxels (``.npz``: ``instance_<id>`` (M, 3) uint8 each, ``scene``)
-and a JSON report. Textured output (TRELLIS stage 2 on these coordinates) is not wired here: the
-upstream package needs CUDA extensions and is not installable on our machines.
+Pipeline: the image (scene crop: the whole view on a black square) and one TRELLIS-style crop per
+instance -> DINOv2 features -> the scene latent and all instance latents sampled jointly with
+Scene Context Attention (each instance row attends to its scene row) -> sparse-structure decoder
+(occupancy logits 64^3) -> marching cubes -> ``OUT`` (GLB, a node ``instance_<id>`` per instance,
+placed in the shared view-centric grid), ``OUT.npz`` (voxels: ``scene`` and ``instance_<id>``, (M, 3)
+uint8 in the view grid) and ``OUT.json`` (a report: ids, faces, voxel counts, sampler settings).
+
+The mask is a single-channel PNG (16-bit like the shards' inst.png, or 8-bit): pixel value i =
+instance i, 0 = background. Sampler defaults come from the weights' pipeline.json.
+``--stage2`` hands each instance's voxels to the upstream TRELLIS stage 2 (textured meshes) when the
+``trellis`` package is importable (it needs CUDA extensions; not installable on CPU machines).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+__all__ = ["InferenceError", "build_parser", "load_inputs", "sample_scene", "GRID_TO_GLTF", "main"]
+
+log = logging.getLogger("iscene-infer")
+
+# Node transform from the view grid (x right, y forward, z up) to glTF's +Y-up frame (x right,
+# y up, z toward the viewer): (x, y, z) -> (x, z, -y). Vertex data stays in grid coordinates.
+GRID_TO_GLTF = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+
+
+class InferenceError(RuntimeError):
+    """Bad input for iscene-infer (missing file, size mismatch, incompatible weights): exit code 2."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iscene-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", type=Path, help="RGB image of the scene")
-    p.add_argument("--masks", type=Path, required=True, help="instance-id mask (16- or 8-bit PNG, same size as the image)")
-    p.add_argument("--weights", type=Path, required=True, help="TRELLIS-image-large folder (pipeline.json + ckpts/), or a fine-tuned one")
-    p.add_argument("--dinov2", type=Path, required=True, help="local DINOv2 ViT-L/14-reg (transformers folder or torch.hub repo)")
-    p.add_argument("--out", type=Path, required=True, help="output GLB")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: pipeline.json)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance strength (default: pipeline.json)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-sca", action="store_true", help="sample instances independently (ablation)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("image", type=Path, help="RGB image of the scene (PNG/JPEG)")
+    p.add_argument("--masks", type=Path, required=True, help="instance-id mask: single-channel PNG, same size as IMAGE, 0 = background")
+    p.add_argument("--weights", type=Path, required=True, help="TRELLIS-image-large folder (pipeline.json + ckpts/) or a fine-tuned one in that layout")
+    p.add_argument("--out", type=Path, required=True, help="output GLB (OUT.npz voxels and OUT.json report are written beside it)")
+    p.add_argument("--dinov2", type=Path, default=None,
+                   help="local DINOv2 ViT-L/14-reg: transformers folder, or torch.hub layout (repo folder, <hub> folder or "
+                        "$TORCH_HOME). Default: torch.hub's cache dir")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: pipeline.json, 25 released)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength (default: pipeline.json, 5.0 released)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, so a seed gives the same noise on any device)")
+    p.add_argument("--no-sca", action="store_true", help="sample every instance independently, as plain TRELLIS (ablation)")
+    p.add_argument("--stage2", action="store_true", help="also run upstream TRELLIS stage 2 per instance (needs the trellis package)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
     return p
+
+
+def load_inputs(image: Path, masks: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """RGB uint8 (H, W, 3), instance ids int64 (H, W) and the sorted non-zero ids, with clear errors."""
+    for path, flag in ((image, "IMAGE"), (masks, "--masks")):
+        if not Path(path).is_file():
+            raise InferenceError(f"{flag} {path}: file not found")
+    try:
+        rgb = np.asarray(Image.open(image).convert("RGB"))
+        mask_img = Image.open(masks)
+        ids_img = np.asarray(mask_img).astype(np.int64)
+    except OSError as exc:
+        raise InferenceError(f"cannot read image: {exc}") from None
+    if ids_img.ndim != 2:
+        raise InferenceError(f"--masks {masks}: expected a single-channel id image, got mode {mask_img.mode} shape {ids_img.shape}")
+    if ids_img.shape != rgb.shape[:2]:
+        raise InferenceError(f"--masks {masks} is {ids_img.shape[1]}x{ids_img.shape[0]} but IMAGE {image} is "
+                             f"{rgb.shape[1]}x{rgb.shape[0]}: they must have the same size")
+    ids = [int(i) for i in np.unique(ids_img) if i != 0]
+    if not ids:
+        raise InferenceError(f"--masks {masks}: no instance (every pixel is 0)")
+    return rgb, ids_img, ids
+
+
+def _cond_channels(flow: torch.nn.Module) -> int:
+    return int(flow.blocks[0].cross_attn.to_kv.in_features)
+
+
+def sample_scene(
+    flow: torch.nn.Module,
+    decoder: torch.nn.Module,
+    cond: torch.Tensor,
+    sampler: dict[str, Any],
+    *,
+    seed: int = 0,
+    sca: bool = True,
+    progress: bool = False,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Joint sampling of one scene group: ``cond`` row 0 = the scene, rows 1.. = its instances.
+
+    Returns (latents (N+1, 8, 16, 16, 16), decoder logits float32 (N+1, 64, 64, 64)). Noise is
+    drawn on the CPU from ``seed`` so a seed reproduces across devices. With ``sca=False`` the
+    instances are sampled as plain TRELLIS (the scene row is then unused by them).
+    """
+    from iscene_core.flow import euler_sample
+
+    device = cond.device
+    n = cond.shape[0]
+    r = flow.resolution
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(n, flow.in_channels, r, r, r, generator=g).to(device)
+    scene_index = torch.zeros(n, dtype=torch.long, device=device)  # every row's scene is row 0
+    prev = flow.sca_enabled
+    flow.sca_enabled = sca
+    try:
+        with torch.no_grad():
+            z = euler_sample(flow, noise, cond, torch.zeros_like(cond), scene_index=scene_index, progress=progress, **sampler)["samples"]
+            logits = decoder(z.to(next(decoder.parameters()).dtype))[:, 0].float().cpu().numpy()
+    finally:
+        flow.sca_enabled = prev
+    return z, logits
+
+
+def _sampler_params(pipeline_sampler: dict[str, Any], steps: int | None, cfg: float | None) -> dict[str, Any]:
+    keys = ("steps", "cfg_strength", "cfg_interval", "rescale_t", "sigma_min")
+    params = {k: pipeline_sampler[k] for k in keys if k in pipeline_sampler}
+    if steps is not None:
+        if steps < 1:
+            raise InferenceError(f"--steps must be >= 1, got {steps}")
+        params["steps"] = steps
+    if cfg is not None:
+        params["cfg_strength"] = cfg
+    if "cfg_interval" in params:
+        params["cfg_interval"] = tuple(float(v) for v in params["cfg_interval"])
+    return params
+
+
+def _run_stage2(weights: Path, crops: torch.Tensor, voxels: dict[str, np.ndarray], out_dir: Path, seed: int) -> list[str]:
+    """Upstream TRELLIS stage 2 on our stage-1 voxels, one textured GLB per instance.
+
+    Only runs where the upstream ``trellis`` package (CUDA extensions) is importable; this code path
+    is not exercised on the project's CPU machines.
+    """
+    try:
+        from trellis.pipelines import TrellisImageTo3DPipeline
+        from trellis.utils import postprocessing_utils
+    except ImportError as exc:
+        raise InferenceError(f"--stage2 needs the upstream TRELLIS package (github.com/microsoft/TRELLIS), not importable here: {exc}") from None
+    pipe = TrellisImageTo3DPipeline.from_pretrained(str(weights))
+    pipe.cuda()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, (name, coords) in enumerate(voxels.items()):
+        if name == "scene" or len(coords) == 0:
+            continue
+        img = Image.fromarray((crops[k].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+        cond = pipe.get_cond([img])
+        c = torch.from_numpy(coords.astype(np.int32))
+        c = torch.cat([torch.zeros(len(c), 1, dtype=torch.int32), c], 1).cuda()  # (N, 4): batch, x, y, z
+        torch.manual_seed(seed)
+        slat = pipe.sample_slat(cond, c)
+        dec = pipe.decode_slat(slat, ["mesh", "gaussian"])
+        glb = postprocessing_utils.to_glb(dec["gaussian"][0], dec["mesh"][0])
+        path = out_dir / f"{name}.glb"
+        glb.export(str(path))
+        written.append(str(path))
+    return written
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole CLI after argument parsing; returns the report written to ``OUT.json``."""
+    from iscene_core.conditioning import DinoConditioner, crop_instance, crop_scene
+    from iscene_core.mesh_export import export_scene, save_voxels
+    from iscene_core.trellis import load_pipeline
+
+    rgb, id_map, ids = load_inputs(args.image, args.masks)
+    if args.out.suffix.lower() != ".glb":
+        raise InferenceError(f"--out {args.out}: expected a .glb path")
+    device = torch.device(args.device)
+    try:
+        pipe = load_pipeline(args.weights, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InferenceError(f"--weights: {exc}") from None
+    flow, decoder = pipe["flow"].eval(), pipe["decoder"].eval()
+    dino_path = args.dinov2 if args.dinov2 is not None else Path(torch.hub.get_dir())
+    try:
+        cond_model = DinoConditioner.from_pretrained(dino_path).to(device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InferenceError(f"--dinov2: {exc}") from None
+    if cond_model.out_channels != _cond_channels(flow):
+        raise InferenceError(f"--dinov2 {dino_path} gives {cond_model.out_channels}-channel tokens but the flow model in "
+                             f"{args.weights} expects {_cond_channels(flow)}")
+    params = _sampler_params(pipe["sampler"], args.steps, args.cfg)
+
+    crops = torch.stack([crop_scene(rgb)] + [crop_instance(rgb, id_map == i) for i in ids])
+    cond = cond_model.encode(crops.to(device))
+    log.info("sampling 1 scene + %d instances (%s SCA), %d steps", len(ids), "with" if not args.no_sca else "without", params.get("steps", 25))
+    _, logits = sample_scene(flow, decoder, cond, params, seed=args.seed, sca=not args.no_sca, progress=sys.stderr.isatty())
+
+    names = ["scene"] + [f"instance_{i}" for i in ids]
+    faces = export_scene({name: logits[k] for k, name in enumerate(names) if k > 0}, args.out, node_transform=GRID_TO_GLTF)
+    voxels = {name: np.argwhere(logits[k] > 0).astype(np.uint8) for k, name in enumerate(names)}
+    save_voxels(args.out.with_suffix(".npz"), voxels)
+    report: dict[str, Any] = {
+        "image": str(args.image), "masks": str(args.masks), "weights": str(args.weights), "dinov2": str(dino_path),
+        "instances": ids, "sca": not args.no_sca, "seed": args.seed,
+        "mask_pixels": {f"instance_{i}": int((id_map == i).sum()) for i in ids},
+        "faces": faces, "voxels": {k: int(len(v)) for k, v in voxels.items()},
+        "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+    }
+    if args.stage2:
+        report["stage2"] = _run_stage2(args.weights, crops, voxels, args.out.with_name(f"{args.out.stem}_stage2"), args.seed)
+    tmp = args.out.with_name(f".{args.out.stem}.tmp{os.getpid()}.json")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, args.out.with_suffix(".json"))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from iscene_core.conditioning import DinoConditioner, crop_instance, crop_scene
-    from iscene_core.flow import euler_sample
-    from iscene_core.mesh_export import export_scene
-    from iscene_core.trellis import load_pipeline
-
-    for path, flag in ((args.image, "IMAGE"), (args.masks, "--masks")):
-        if not path.is_file():
-            print(f"iscene-infer: {flag} {path} not found", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.stage2:
+        try:
+            import trellis  # noqa: F401  (fail before the long stage-1 run, not after it)
+        except ImportError as exc:
+            print(f"iscene-infer: --stage2 needs the upstream TRELLIS package, not importable here: {exc}", file=sys.stderr)
             return 2
-    rgb = np.asarray(Image.open(args.image).convert("RGB"))
-    masks = np.asarray(Image.open(args.masks)).astype(np.int64)
-    if masks.ndim != 2 or masks.shape != rgb.shape[:2]:
-        print(f"iscene-infer: --masks is {masks.shape}, image is {rgb.shape[:2]}: they must match", file=sys.stderr)
+    try:
+        report = run(args)
+    except InferenceError as exc:
+        print(f"iscene-infer: {exc}", file=sys.stderr)
         return 2
-    ids = [int(i) for i in np.unique(masks) if i != 0]
-    if not ids:
-        print("iscene-infer: the mask has no instance (all zeros)", file=sys.stderr)
-        return 2
-    device = torch.device(args.device)
-    pipe = load_pipeline(args.weights, device=device)
-    flow, decoder = pipe["flow"].eval(), pipe["decoder"].eval()
-    flow.sca_enabled = not args.no_sca
-    cond_model = DinoConditioner.from_pretrained(args.dinov2).to(device)
-    images = torch.stack([crop_scene(rgb)] + [crop_instance(rgb, masks == i) for i in ids]).to(device)
-    with torch.no_grad():
-        cond = cond_model(images)
-    n = len(ids) + 1
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
-    noise = torch.randn(n, flow.in_channels, flow.resolution, flow.resolution, flow.resolution, generator=g).to(device)
-    sampler = dict(pipe["sampler"])
-    params = {k: sampler[k] for k in ("steps", "cfg_strength", "cfg_interval", "rescale_t", "sigma_min") if k in sampler}
-    if args.steps is not None:
-        params["steps"] = args.steps
-    if args.cfg is not None:
-        params["cfg_strength"] = args.cfg
-    if "cfg_interval" in params:
-        params["cfg_interval"] = tuple(params["cfg_interval"])
-    scene_index = torch.zeros(n, dtype=torch.long, device=device)
-    with torch.no_grad():
-        z = euler_sample(flow, noise, cond, torch.zeros_like(cond), scene_index=scene_index, **params)["samples"]
-        logits = decoder(z)[:, 0].float().cpu().numpy()
-    names = ["scene"] + [f"instance_{i}" for i in ids]
-    faces = export_scene({name: logits[k] for k, name in enumerate(names) if k > 0}, args.out)
-    vox = {name: np.argwhere(logits[k] > 0).astype(np.uint8) for k, name in enumerate(names)}
-    np.savez(args.out.with_suffix(".npz"), **vox)
-    report = {"instances": ids, "meshes": faces, "voxels": {k: int(len(v)) for k, v in vox.items()}, "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    print(f"{args.out}: {len(faces)} instance meshes; voxels in {args.out.with_suffix('.npz')}")
+    empty = [k for k, v in report["faces"].items() if v == 0]
+    print(f"{args.out}: {len(report['faces'])} instance nodes ({len(empty)} empty); voxels in {args.out.with_suffix('.npz')}")
     return 0
 
 
