@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, required=True, help="instance-id mask: single-channel PNG, same size as IMAGE, 0 = background")
     p.add_argument("--weights", type=Path, required=True, help="TRELLIS-image-large folder (pipeline.json + ckpts/) or a fine-tuned one in that layout")
     p.add_argument("--out", type=Path, required=True, help="output GLB (OUT.npz voxels and OUT.json report are written beside it)")
+    p.add_argument("--flow-weights", type=Path, default=None,
+                   help="fine-tuned flow weights (.safetensors state dict, e.g. an iscene-train checkpoint's ema.safetensors) "
+                        "loaded strictly into the flow model that --weights configures")
     p.add_argument("--dinov2", type=Path, default=None,
                    help="local DINOv2 ViT-L/14-reg: transformers folder, or torch.hub layout (repo folder, <hub> folder or "
                         "$TORCH_HOME). Default: torch.hub's cache dir")
@@ -133,6 +136,19 @@ def _sampler_params(pipeline_sampler: dict[str, Any], steps: int | None, cfg: fl
     return params
 
 
+def _load_flow_weights(flow: torch.nn.Module, path: Path) -> None:
+    """Replace the flow's weights by a safetensors state dict (strict: same architecture or a clear error)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InferenceError(f"--flow-weights {path}: file not found")
+    try:
+        state = load_file(str(path), device=str(next(flow.parameters()).device))
+        flow.load_state_dict(state, strict=True)
+    except Exception as exc:  # safetensors header errors and key/shape mismatches alike
+        raise InferenceError(f"--flow-weights {path}: does not fit the flow model of --weights ({str(exc).splitlines()[0]})") from None
+
+
 def _run_stage2(weights: Path, crops: torch.Tensor, voxels: dict[str, np.ndarray], out_dir: Path, seed: int) -> list[str]:
     """Upstream TRELLIS stage 2 on our stage-1 voxels, one textured GLB per instance.
 
@@ -180,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (FileNotFoundError, ValueError) as exc:
         raise InferenceError(f"--weights: {exc}") from None
     flow, decoder = pipe["flow"].eval(), pipe["decoder"].eval()
+    if args.flow_weights is not None:
+        _load_flow_weights(flow, args.flow_weights)
     dino_path = args.dinov2 if args.dinov2 is not None else Path(torch.hub.get_dir())
     try:
         cond_model = DinoConditioner.from_pretrained(dino_path).to(device)
@@ -200,7 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     voxels = {name: np.argwhere(logits[k] > 0).astype(np.uint8) for k, name in enumerate(names)}
     save_voxels(args.out.with_suffix(".npz"), voxels)
     report: dict[str, Any] = {
-        "image": str(args.image), "masks": str(args.masks), "weights": str(args.weights), "dinov2": str(dino_path),
+        "image": str(args.image), "masks": str(args.masks), "weights": str(args.weights),
+        "flow_weights": None if args.flow_weights is None else str(args.flow_weights), "dinov2": str(dino_path),
         "instances": ids, "sca": not args.no_sca, "seed": args.seed,
         "mask_pixels": {f"instance_{i}": int((id_map == i).sum()) for i in ids},
         "faces": faces, "voxels": {k: int(len(v)) for k, v in voxels.items()},

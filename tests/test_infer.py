@@ -183,3 +183,24 @@ def test_default_dinov2_is_the_torch_hub_cache(setup, tmp_path, monkeypatch, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"--dinov2 {tmp_path / 'th' / 'hub'} gives 16-channel tokens" in err
+
+
+def test_flow_weights_override_from_a_training_checkpoint(setup, tmp_path, capsys):
+    """--flow-weights loads a trainer-style state dict (e.g. ema.safetensors) into the flow of --weights."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(setup["weights"] / "ckpts" / "ss_flow_img_dit_L_16l8_fp16.safetensors"))
+    save_file(state, str(tmp_path / "same.safetensors"))
+    changed = {k: (v * 1.5 if k.startswith("out_layer") else v) for k, v in state.items()}
+    save_file(changed, str(tmp_path / "ema.safetensors"))
+    outs = {}
+    for name in ("base", "same", "ema"):
+        extra = [] if name == "base" else ["--flow-weights", str(tmp_path / f"{name}.safetensors")]
+        assert main(_args(setup, tmp_path / f"{name}.glb", *extra)) == 0
+        outs[name] = np.load(tmp_path / f"{name}.npz")
+    assert all(np.array_equal(outs["base"][k], outs["same"][k]) for k in outs["base"].files)
+    assert any(not np.array_equal(outs["base"][k], outs["ema"][k]) for k in outs["base"].files)
+    save_file({k: v for k, v in state.items() if not k.startswith("out_layer")}, str(tmp_path / "bad.safetensors"))
+    capsys.readouterr()
+    assert main(_args(setup, tmp_path / "bad.glb", "--flow-weights", str(tmp_path / "bad.safetensors"))) == 2
+    assert "does not fit the flow model" in capsys.readouterr().err
