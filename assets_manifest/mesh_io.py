@@ -6,11 +6,12 @@ collision checks see the very same triangles.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import trimesh
+
+from iscene_core.shards.atomic import file_sha256  # noqa: F401  (re-exported: the project's one file-hash helper)
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 MAX_ABS_COORD = 1e6  # beyond this a file is corrupt or in absurd units
@@ -25,12 +26,6 @@ class AssetError(ValueError):
         self.path, self.stage, self.reason = str(path), stage, reason
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sniff_format(path: Path) -> None:

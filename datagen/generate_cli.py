@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     c = info["counts"]
     print(f"{args.out}: {c['samples']} samples from {c['scenes_ok']}/{c['scenes_requested']} scenes in {c['shards']} shards "
           f"({c['scenes_failed']} scenes failed, {c['views_dropped']} views dropped; see failures.jsonl)")
-    try:
-        from train.registry import register_dataset
-    except ImportError:
-        pass
-    else:
-        register_dataset(name, str(args.out.resolve()), info)
+    from iscene_core.shards import register_dataset
+
+    register_dataset(name, str(args.out.resolve()), info)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datagen.dataset_reader import iter_samples
+from iscene_core.shards import iter_samples
 from iscene_core import space
 
 

@@ -22,7 +22,8 @@ from datagen.ids import scene_id
 from datagen.render import BlenderWorker, RenderCrash, RenderSettings
 from datagen.render.worker import RenderError
 from datagen.sample import FORMAT, MeshCache, SampleConfig, config_sha256, make_sample
-from datagen.shard_writer import done_record_path, read_done_record, write_json_atomic, write_shard
+from datagen.shard_writer import done_record_path, read_done_record, write_shard
+from iscene_core.shards import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ the scene grid is the union of the instance grids.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from PIL import Image
 from datagen.raster import rasterize
 from datagen.voxelize import voxelize_surface
 from iscene_core import space
+from iscene_core.shards import FORMAT, config_sha256, sample_key  # noqa: F401  (config_sha256 re-exported)
 
-FORMAT = "iscene-shard/1"
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def make_sample(spec: dict, view: int, render: dict, meshes: MeshCache, cfg: Sam
     if "room" in spec:
         meta["room"] = spec["room"]
     files = {
-        "__key__": f"{spec['scene_id']}_v{view:02d}",
+        "__key__": sample_key(spec['scene_id'], view),
         "rgb.png": encode_png(render["rgb"], cfg.png_compress_level),
         "inst.png": encode_png(inst_map.astype(np.uint16), cfg.png_compress_level),
         "depth.npy": encode_npy(render["depth"].astype(np.float32)),
@@ -161,6 +160,3 @@ def make_sample(spec: dict, view: int, render: dict, meshes: MeshCache, cfg: Sam
     }
     return files, decision
 
-
-def config_sha256(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import webdataset as wds
 
-from assets_manifest.mesh_io import file_sha256 as sha256_file  # one implementation for the project
+from iscene_core.shards.atomic import file_sha256, write_json_atomic
 
 FIXED_MTIME = 0.0
 
@@ -37,18 +37,11 @@ def write_shard(path: Path, samples: Iterable[dict]) -> tuple[int, str]:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return count, sha256_file(path)
+    return count, file_sha256(path)
 
 
 def done_record_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".json")
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def read_done_record(shard: Path) -> dict | None:
@@ -60,4 +53,4 @@ def read_done_record(shard: Path) -> dict | None:
         rec = json.loads(rec_path.read_text())
     except json.JSONDecodeError:
         return None
-    return rec if rec.get("sha256") == sha256_file(shard) else None
+    return rec if rec.get("sha256") == file_sha256(shard) else None

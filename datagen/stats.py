@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.dataset_reader import iter_raw, load_dataset_json
+from iscene_core.shards import iter_raw, load_dataset_json
 
 
 def dataset_stats(root: str | Path) -> dict:

@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from datagen.dataset_reader import REQUIRED, iter_raw, decode, load_dataset_json
+from iscene_core.shards import FORMAT, REQUIRED_FILES as REQUIRED, decode, iter_raw, load_dataset_json
 from iscene_core import space
-
-FORMAT = "iscene-shard/1"
 
 
 @dataclass
@@ -208,7 +206,7 @@ def check_sample(key: str, s: dict, rep: Report, min_agreement: float = 0.99) ->
 
 def verify_dataset(root: str | Path, limit: int | None = None, min_agreement: float = 0.99) -> Report:
     """Check a dataset folder; ``Report.ok`` is True when nothing is wrong."""
-    from datagen.shard_writer import sha256_file
+    from iscene_core.shards import file_sha256 as sha256_file
 
     root = Path(root)
     rep = Report()

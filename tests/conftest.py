@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_registry(tmp_path_factory) -> Path:
+    """Every test registers datasets in a temporary registry, never in the user's ~/.cache/iscene."""
+    path = tmp_path_factory.mktemp("registry") / "datasets.json"
+    old = os.environ.get("ISCENE_REGISTRY")
+    os.environ["ISCENE_REGISTRY"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ISCENE_REGISTRY", None)
+    else:
+        os.environ["ISCENE_REGISTRY"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from datagen.cli import main as datagen_main
-from datagen.dataset_reader import iter_raw, iter_samples, load_dataset_json
+from iscene_core.shards import iter_raw, iter_samples, load_dataset_json
 from datagen.verify import verify_dataset
 
 pytestmark = pytest.mark.blender
@@ -72,7 +72,7 @@ def test_verify_catches_corrupted_samples(tmp_path):
                 ti = tarfile.TarInfo(f"{key}.{ext}")
                 ti.size = len(data)
                 tar.addfile(ti, io.BytesIO(data))
-        from datagen.shard_writer import sha256_file
+        from iscene_core.shards import file_sha256 as sha256_file
 
         info["shards"][0]["sha256"] = sha256_file(shard)
         info["shards"][0]["samples"] = info["counts"]["samples"] = 1

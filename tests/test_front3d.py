@@ -164,7 +164,7 @@ def test_bad_model_file_costs_that_room_only(fixture_dirs, tmp_path):
 @pytest.mark.blender
 def test_front3d_dataset_passes_verify(fixture_dirs, tmp_path):
     from datagen.cli import main as datagen_main
-    from datagen.dataset_reader import iter_samples, load_dataset_json
+    from iscene_core.shards import iter_samples, load_dataset_json
     from datagen.verify import verify_dataset
 
     front, future = fixture_dirs

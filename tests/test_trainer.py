@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.config import TrainConfig
-from train.registry import parse_mix, register_dataset, resolve
+from iscene_core.shards import parse_mix, register_dataset, resolve
 
 pytestmark = pytest.mark.blender  # the shards come from the real engine (Blender)
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from iscene_core import space
 from iscene_core.conditioning import crop_instance, crop_scene
-from train.registry import parse_mix, resolve
+from iscene_core.shards import parse_mix, resolve
 
 
 @dataclass(frozen=True)
