@@ -16,19 +16,21 @@ import os
 import sys
 from pathlib import Path
 
+from iscene_core.cli_family import FamilyParser, UsageError, add_debug_flag, int_in, output_file, run_guarded
+
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """Asset and layout flags shared with `iscene-datagen` generate."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--assets", type=Path, help="asset catalog folder or manifest.parquet (iscene-assets build)")
     g.add_argument("--procedural", action="store_true", help="use a built-in procedural catalog (no download)")
-    p.add_argument("--procedural-n", type=int, default=200, help="assets in the built-in procedural catalog")
-    p.add_argument("--n", type=int, required=True, help="number of scenes")
+    p.add_argument("--procedural-n", type=int_in(1, None, "--procedural-n"), default=200, help="number of assets in the built-in procedural catalog")
+    p.add_argument("--n", type=int_in(1, None, "--n"), required=True, help="number of scenes to make (not assets)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; (seed, index) determines a scene")
-    p.add_argument("--views-per-scene", type=int, default=4)
-    p.add_argument("--resolution", type=int, default=518, help="image width = height in pixels")
-    p.add_argument("--min-instances", type=int, default=2)
-    p.add_argument("--max-instances", type=int, default=10)
+    p.add_argument("--views-per-scene", type=int_in(1, None, "--views-per-scene"), default=4, help="camera views rendered per scene (one sample each)")
+    p.add_argument("--resolution", type=int_in(32, 8192, "--resolution"), default=518, help="image width = height in pixels (not voxels: see --grid)")
+    p.add_argument("--min-instances", type=int_in(1, None, "--min-instances"), default=2, help="fewest instances placed in a random scene")
+    p.add_argument("--max-instances", type=int_in(1, None, "--max-instances"), default=10, help="most instances placed in a random scene (the trainer's own cap is iscene-train --max-instances)")
 
 
 def procedural_catalog(n: int = 200, seed: int = 0) -> Path:
@@ -46,7 +48,7 @@ def random_source(args: argparse.Namespace):
     from datagen.layout import LayoutConfig, RandomSceneSource
 
     if args.min_instances < 1 or args.max_instances < args.min_instances:
-        raise SystemExit(f"--min-instances {args.min_instances} / --max-instances {args.max_instances}: need 1 <= min <= max")
+        raise UsageError(f"--min-instances {args.min_instances} / --max-instances {args.max_instances}: need 1 <= min <= max")
     manifest = args.assets if args.assets else procedural_catalog(args.procedural_n)
     cfg = LayoutConfig(min_instances=args.min_instances, max_instances=args.max_instances,
                        views_per_scene=args.views_per_scene, width=args.resolution, height=args.resolution)
@@ -54,19 +56,24 @@ def random_source(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iscene-datagen layout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FamilyParser(prog="iscene-datagen layout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
-    p.add_argument("--out", type=Path, required=True, help="output JSONL")
+    p.add_argument("--out", type=output_file, required=True, help="output JSONL file (scene specs, one per line)")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded("iscene-datagen layout", lambda: make_layouts(args), args.debug)
+
+
+def make_layouts(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from datagen.errors import SceneFailure
     from datagen.ids import scene_id
 
-    args = build_parser().parse_args(argv)
     if args.assets and not args.assets.exists():
         print(f"iscene-datagen layout: --assets {args.assets} not found", file=sys.stderr)
         return 2

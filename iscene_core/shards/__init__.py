@@ -17,7 +17,7 @@ from iscene_core.shards.atomic import FolderLock, LockedError, file_sha256, writ
 from iscene_core.shards.dataset_json import DatasetError, load_dataset_json, shard_paths, write_dataset_json
 from iscene_core.shards.format import FORMAT, REQUIRED_FILES, config_sha256, sample_key
 from iscene_core.shards.reader import ShardReadError, decode, iter_raw, iter_samples
-from iscene_core.shards.registry import DatasetEntry, parse_mix, register_dataset, registry_path, resolve
+from iscene_core.shards.registry import DatasetEntry, parse_mix, register_dataset, registry_path, resolve, unregister_dataset
 from iscene_core.shards.validate import SampleError, validate_sample
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "FolderLock", "LockedError", "file_sha256", "write_bytes_atomic", "write_json_atomic",
     "DatasetError", "load_dataset_json", "shard_paths", "write_dataset_json",
     "ShardReadError", "decode", "iter_raw", "iter_samples",
-    "DatasetEntry", "parse_mix", "register_dataset", "registry_path", "resolve",
+    "DatasetEntry", "parse_mix", "register_dataset", "registry_path", "resolve", "unregister_dataset",
     "SampleError", "validate_sample",
 ]
