@@ -8,12 +8,14 @@ misaligned voxel grid is visible at a glance.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from iscene_core.shards import iter_samples
+from iscene_core.cli_family import FamilyParser, add_debug_flag, existing_dir, int_in, output_file, run_guarded
+from iscene_core.shards import iter_valid_samples
 from iscene_core import space
 
 
@@ -45,31 +47,49 @@ def voxel_view(s: dict) -> np.ndarray:
     return img
 
 
-def contact_sheet(root: str | Path, n: int = 8, tile: int = 256) -> Image.Image:
+def contact_sheet(root: str | Path, n: int = 8, tile: int = 256, problems: list[str] | None = None) -> Image.Image:
+    """Rows of RGB | instance map | voxels for the first ``n`` readable samples.
+
+    Damaged shards and samples are skipped and listed in ``problems``: a preview is how a user looks
+    at a dataset that may be broken, so it shows what it can.
+    """
+    problems = problems if problems is not None else []
     rows = []
-    for _, s in iter_samples(root, limit=n):
+    for s in iter_valid_samples(root, lambda where, msg: problems.append(f"{where}: {msg}"), limit=n):
         pal = palette(int(s["inst"].max()))
         tiles = [s["rgb"], pal[s["inst"]], voxel_view(s)]
         rows.append(np.concatenate([np.asarray(Image.fromarray(t).resize((tile, tile), Image.NEAREST)) for t in tiles], axis=1))
     if not rows:
-        raise ValueError(f"{root}: no samples to preview")
+        raise RuntimeError(f"{root}: no readable sample to preview" + (f" ({len(problems)} problems, first: {problems[0]})" if problems else ""))
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iscene-datagen preview", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="PNG to write")
-    p.add_argument("--n", type=int, default=8, help="samples (rows)")
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels")
+    p = FamilyParser(prog="iscene-datagen preview", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", type=existing_dir, help="dataset folder (the one holding dataset.json)")
+    p.add_argument("--out", type=output_file, required=True, help="PNG file to write")
+    p.add_argument("--n", type=int_in(1, 1000, "--n"), default=8, help="number of samples (rows) to show")
+    p.add_argument("--tile", type=int_in(16, 2048, "--tile"), default=256, help="tile size in pixels")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 with a sheet (problems listed on stderr), 1 when no sample is readable, 2 for bad arguments."""
     args = build_parser().parse_args(argv)
-    sheet = contact_sheet(args.dataset, args.n, args.tile)
-    tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(args.out)
-    print(f"{args.out}: {sheet.size[0]}x{sheet.size[1]} contact sheet (RGB | instances | voxels)")
-    return 0
+
+    def run() -> int:
+        problems: list[str] = []
+        sheet = contact_sheet(args.dataset, args.n, args.tile, problems)
+        for msg in problems[:20]:
+            print(f"skipped {msg}", file=sys.stderr)
+        tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
+        sheet.save(tmp)
+        tmp.replace(args.out)
+        print(f"{args.out}: {sheet.size[0]}x{sheet.size[1]} contact sheet (RGB | instances | voxels)"
+              + (f"; {len(problems)} damaged shards/samples skipped" if problems else ""))
+        return 0
+
+    from iscene_core.shards import DatasetError
+
+    return run_guarded("iscene-datagen preview", run, args.debug, (DatasetError,))

@@ -205,78 +205,99 @@ def check_sample(key: str, s: dict, rep: Report, min_agreement: float = 0.99) ->
 
 
 def verify_dataset(root: str | Path, limit: int | None = None, min_agreement: float = 0.99) -> Report:
-    """Check a dataset folder; ``Report.ok`` is True when nothing is wrong."""
-    from iscene_core.shards import file_sha256 as sha256_file
+    """Check a dataset folder; ``Report.ok`` is True when nothing is wrong and there is a sample.
+
+    Damage is what this exists to find, so none of it stops the check: an unreadable index, a
+    truncated or corrupt shard, a sample that does not decode are each reported where they are,
+    and everything else is still verified.
+    """
+    from iscene_core.shards import DatasetError, ShardReadError, file_sha256, safe_shard_path
 
     root = Path(root)
     rep = Report()
     try:
-        info = load_dataset_json(root)
-    except FileNotFoundError as exc:
-        rep.add(str(root), str(exc))
+        info = load_dataset_json(root, check_format=False)
+    except DatasetError as exc:
+        rep.add("dataset.json", str(exc))
         return rep
     if info.get("format") != FORMAT:
         rep.add("dataset.json", f"format {info.get('format')!r}, expected {FORMAT!r}")
     fail_path = root / "failures.jsonl"
     if fail_path.is_file():
-        for ln, line in enumerate(fail_path.read_text().splitlines(), 1):
+        for ln, line in enumerate(fail_path.read_text(errors="replace").splitlines(), 1):
             try:
                 rec = json.loads(line)
-                assert {"scene_id", "stage", "reason"} <= set(rec)
-            except (json.JSONDecodeError, AssertionError):
+                assert isinstance(rec, dict) and {"scene_id", "stage", "reason"} <= set(rec)
+            except (json.JSONDecodeError, AssertionError, RecursionError):
                 rep.add("failures.jsonl", f"line {ln} is not a {{scene_id, stage, reason}} record")
     keys: set[str] = set()
     total = 0
     for shard in info.get("shards", []):
-        path = root / shard["file"]
+        path = safe_shard_path(root, shard["file"])
         if not path.is_file():
             rep.add(shard["file"], "listed in dataset.json but missing")
             continue
-        if sha256_file(path) != shard["sha256"]:
+        if file_sha256(path) != shard["sha256"]:
             rep.add(shard["file"], "sha256 differs from dataset.json")
         count = 0
-        for key, files in iter_raw(path):
-            count += 1
-            if key in keys:
-                rep.add(key, "duplicate key")
-            keys.add(key)
-            if limit is not None and rep.samples >= limit:
-                continue
-            s = {"files": sorted(files), **decode(files)}
-            rep.samples += 1
-            try:
-                check_sample(key, s, rep, min_agreement)
-            except Exception as exc:  # a malformed sample is a finding, not a crash
-                rep.add(key, f"unreadable sample: {type(exc).__name__}: {exc}")
+        try:
+            for key, files in iter_raw(path):
+                count += 1
+                if key in keys:
+                    rep.add(key, "duplicate key")
+                keys.add(key)
+                if limit is not None and rep.samples >= limit:
+                    continue
+                rep.samples += 1
+                try:
+                    s = {"files": sorted(files), **decode(files)}
+                    check_sample(key, s, rep, min_agreement)
+                except Exception as exc:  # a malformed sample is a finding, not a crash
+                    rep.add(f"{shard['file']}:{key}", f"unreadable sample: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        except ShardReadError as exc:
+            rep.add(shard["file"], str(exc))
         if count != shard["samples"]:
             rep.add(shard["file"], f"{count} samples, dataset.json says {shard['samples']}")
         total += count
-    if total != info.get("counts", {}).get("samples", total):
+    if total != info["counts"]["samples"]:
         rep.add("dataset.json", f"counts.samples {info['counts']['samples']} != {total} samples in shards")
+    if rep.samples == 0:
+        rep.add(str(root), "no sample to verify (an empty dataset is not a dataset)")
     return rep
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iscene-datagen verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--limit", type=int, default=None, help="check at most this many samples in depth")
-    p.add_argument("--min-agreement", type=float, default=0.99, help="fraction of pixels/voxels that must agree")
+    from iscene_core.cli_family import FamilyParser, add_debug_flag, existing_dir, float_in, int_in
+
+    p = FamilyParser(prog="iscene-datagen verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", type=existing_dir, help="dataset folder (the one holding dataset.json)")
+    p.add_argument("--limit", type=int_in(1, None, "--limit"), default=None, help="check at most this many samples in depth (all are still counted)")
+    p.add_argument("--min-agreement", type=float_in(0.0, 1.0, "--min-agreement"), default=0.99,
+                   help="fraction of pixels/voxels that must agree for a sample to pass")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the dataset passes, 1 when a problem was found, 2 for a bad argument or path."""
+    from iscene_core.cli_family import run_guarded
+
     args = build_parser().parse_args(argv)
-    rep = verify_dataset(args.dataset, args.limit, args.min_agreement)
-    for msg in rep.problems[:50]:
-        print("FAIL", msg)
-    if len(rep.problems) > 50:
-        print(f"... and {len(rep.problems) - 50} more")
-    summary = rep.summary()
-    print(json.dumps(summary, indent=1) if args.json else
-          f"{'OK' if rep.ok else 'FAILED'}: {rep.samples} samples checked, {len(rep.problems)} problems; "
-          f"min agreement {summary['agreement_min']}")
-    return 0 if rep.ok else 1
+
+    def run() -> int:
+        rep = verify_dataset(args.dataset, args.limit, args.min_agreement)
+        for msg in rep.problems[:50]:
+            print("FAIL", msg)
+        if len(rep.problems) > 50:
+            print(f"... and {len(rep.problems) - 50} more")
+        summary = rep.summary()
+        print(json.dumps(summary, indent=1) if args.json else
+              f"{'OK' if rep.ok else 'FAILED'}: {rep.samples} samples checked, {len(rep.problems)} problems; "
+              f"min agreement {summary['agreement_min']}")
+        return 0 if rep.ok else 1
+
+    return run_guarded("iscene-datagen verify", run, args.debug)
 
 
 if __name__ == "__main__":

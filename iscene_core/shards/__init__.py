@@ -14,17 +14,17 @@ reader in one format package).
 """
 
 from iscene_core.shards.atomic import FolderLock, LockedError, file_sha256, write_bytes_atomic, write_json_atomic
-from iscene_core.shards.dataset_json import DatasetError, load_dataset_json, shard_paths, write_dataset_json
+from iscene_core.shards.dataset_json import DatasetError, load_dataset_json, safe_shard_path, shard_paths, write_dataset_json
 from iscene_core.shards.format import FORMAT, REQUIRED_FILES, config_sha256, sample_key
-from iscene_core.shards.reader import ShardReadError, decode, iter_raw, iter_samples
+from iscene_core.shards.reader import ShardReadError, decode, iter_raw, iter_samples, iter_valid_samples
 from iscene_core.shards.registry import DatasetEntry, parse_mix, register_dataset, registry_path, resolve, unregister_dataset
 from iscene_core.shards.validate import SampleError, validate_sample
 
 __all__ = [
     "FORMAT", "REQUIRED_FILES", "config_sha256", "sample_key",
     "FolderLock", "LockedError", "file_sha256", "write_bytes_atomic", "write_json_atomic",
-    "DatasetError", "load_dataset_json", "shard_paths", "write_dataset_json",
-    "ShardReadError", "decode", "iter_raw", "iter_samples",
+    "DatasetError", "load_dataset_json", "safe_shard_path", "shard_paths", "write_dataset_json",
+    "ShardReadError", "decode", "iter_raw", "iter_samples", "iter_valid_samples",
     "DatasetEntry", "parse_mix", "register_dataset", "registry_path", "resolve", "unregister_dataset",
     "SampleError", "validate_sample",
 ]

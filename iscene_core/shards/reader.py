@@ -13,7 +13,7 @@ import io
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -78,3 +78,32 @@ def iter_samples(root: str | Path, limit: int | None = None) -> Iterator[tuple[s
             n += 1
             if limit is not None and n >= limit:
                 return
+
+
+def iter_valid_samples(root: str | Path, on_problem: Callable[[str, str], None], limit: int | None = None,
+                       spaces: tuple[str, ...] = ("view",), need_depth: bool = False) -> Iterator[dict]:
+    """Validated samples (see :func:`validate_sample`) of a dataset; damage goes to ``on_problem``.
+
+    For tools that show or summarise a dataset (preview, stats, benches): a corrupt shard or sample
+    is reported as ``on_problem(where, message)`` and skipped, and the rest is still read.
+    """
+    from iscene_core.shards.validate import SampleError, validate_sample
+
+    info = load_dataset_json(root)
+    n = 0
+    for entry, path in zip(info["shards"], shard_paths(root, info)):
+        if not path.is_file():
+            on_problem(entry["file"], "listed in dataset.json but missing")
+            continue
+        try:
+            for key, files in iter_raw(path):
+                try:
+                    yield validate_sample({"__key__": key, **files}, spaces=spaces, need_depth=need_depth)
+                except SampleError as exc:
+                    on_problem(f"{entry['file']}:{key}", exc.reason)
+                    continue
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+        except ShardReadError as exc:
+            on_problem(entry["file"], str(exc))
