@@ -30,8 +30,10 @@ class FamilyParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_debug_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+def add_debug_flag(p: argparse.ArgumentParser, subcommand: bool = False) -> None:
+    """``--debug``; on a subcommand's parser it must not reset a ``--debug`` given before the subcommand."""
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if subcommand else False,
+                   help="show the full traceback when something fails")
 
 
 def int_in(lo: int, hi: int | None = None, what: str = "value") -> Callable[[str], int]:
@@ -89,12 +91,25 @@ def output_dir(s: str) -> Path:
     p = Path(s)
     if p.exists() and not p.is_dir():
         raise argparse.ArgumentTypeError(f"{s}: is a file, expected an output folder")
-    probe = p
+    probe = p.absolute()
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir() or not _can_write(probe):
         raise argparse.ArgumentTypeError(f"{s}: cannot write there ({probe} is not a writable folder)")
     return p
+
+
+def _can_write(folder: Path) -> bool:
+    """A real write probe: permission bits say nothing to root, and read-only mounts lie to os.access."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".iscene-write-probe", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def output_file(s: str) -> Path:
@@ -106,7 +121,7 @@ def output_file(s: str) -> Path:
     return p
 
 
-USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, argparse.ArgumentTypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                                                  PermissionError, FileExistsError)
 
 

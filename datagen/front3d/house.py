@@ -87,8 +87,22 @@ def _parse_mesh(entry: dict, path: Path) -> ArchMesh:
 
 
 def load_house(path: str | Path) -> House:
-    """Read one house JSON. Raises ``Front3DFormatError`` (naming ``path``) when it is not 3D-FRONT."""
+    """Read one house JSON. Raises ``Front3DFormatError`` (naming ``path``) when it is not 3D-FRONT.
+
+    Any structural surprise deep inside a house (a string where a list is expected, nesting that
+    exhausts the decoder) is that house's problem, reported as a format error, never a crash of a
+    conversion that has thousands of other houses to read.
+    """
     path = Path(path)
+    try:
+        return _load_house(path)
+    except Front3DFormatError:
+        raise
+    except (RecursionError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise Front3DFormatError(f"{path}: not a readable 3D-FRONT house ({type(exc).__name__}: {exc})") from None
+
+
+def _load_house(path: Path) -> House:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -190,7 +190,7 @@ class Front3DSource:
 
     def dataset_info(self, out_dir: str | Path | None = None) -> dict:
         """Cleaning counts (for dataset.json) and, given ``out_dir``, the split manifest written there."""
-        info = {"cleaning": self.report.as_dict(), "bad_houses": list(self.bad_houses)}
+        info = {"cleaning": self.report.as_dict(), "bad_houses": list(self.bad_houses), "bad_house_count": len(self.bad_houses)}
         rows = self.split_rows()
         info["split_counts"] = {s: sum(r["split"] == s for r in rows) for s in ("train", "test")}
         if out_dir is not None:

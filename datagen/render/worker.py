@@ -51,6 +51,8 @@ def _child_main(conn) -> None:
             return
         spec, settings = msg
         if settings.get("crash_on_scene") and settings["crash_on_scene"] == spec.get("scene_id"):
+            sys.stderr.write(f"simulated Blender abort on scene {spec.get('scene_id')}\n")
+            sys.stderr.flush()
             os._exit(134)  # simulate Blender aborting
         try:
             blender_scene.build_scene(spec, settings)
@@ -71,15 +73,19 @@ class BlenderWorker:
         self._proc = None
         self._conn = None
         self._scenes = 0
+        self._stderr = None  # the child's stderr, kept in a temporary file for crash reports
 
     def _start(self) -> None:
         # A fresh interpreter (not fork, not multiprocessing's spawn, which re-imports __main__):
         # the child gets one end of a pipe by file descriptor; Blender's own stdout stays separate.
+        import tempfile
+
         parent, child = Pipe()
         fd = child.fileno()
+        self._stderr = tempfile.TemporaryFile(prefix="iscene-blender-stderr")
         self._proc = subprocess.Popen(
             [sys.executable, "-c", f"from datagen.render.worker import _child_entry; _child_entry({fd})"],
-            pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=None if os.environ.get("ISCENE_BLENDER_LOG") else subprocess.DEVNULL,
+            pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=None if os.environ.get("ISCENE_BLENDER_LOG") else self._stderr,
         )
         child.close()
         self._conn = parent
@@ -96,7 +102,19 @@ class BlenderWorker:
                 self._proc.kill()
                 self._proc.wait()
             self._conn.close()
-        self._proc = self._conn = None
+        if self._stderr is not None:
+            self._stderr.close()
+        self._proc = self._conn = self._stderr = None
+
+    def stderr_tail(self, lines: int = 15, max_chars: int = 2000) -> str:
+        """The last lines Blender wrote to stderr (what a crash report needs), as one string."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - 16384))
+        text = self._stderr.read().decode(errors="replace")
+        return " | ".join(l.strip() for l in text.splitlines()[-lines:] if l.strip())[-max_chars:]
 
     def __enter__(self) -> "BlenderWorker":
         return self
@@ -113,13 +131,16 @@ class BlenderWorker:
         try:
             self._conn.send((spec, asdict(self.settings)))
             if not self._conn.poll(self.timeout_s):
+                tail = self.stderr_tail()
                 self.close()
-                raise RenderCrash(f"Blender did not answer within {self.timeout_s:.0f} s")
+                raise RenderCrash(f"Blender did not answer within {self.timeout_s:.0f} s" + (f"; its last stderr: {tail}" if tail else ""))
             reply = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             code = self._proc.wait() if self._proc is not None else None
+            tail = self.stderr_tail()
             self.close()
-            raise RenderCrash(f"Blender process died (exit code {code}): {type(exc).__name__}") from None
+            raise RenderCrash(f"Blender process died (exit code {code}): {type(exc).__name__}"
+                              + (f"; its last stderr: {tail}" if tail else "")) from None
         if reply[0] == "error":
             raise RenderError(reply[1])
         return reply[1]
