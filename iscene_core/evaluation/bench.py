@@ -234,9 +234,10 @@ def make_bench(dataset: Path, out: Path, *, n: int | None = None, views: int = 1
         info = load_dataset_json(dataset)
     except Exception as exc:
         raise EvalError(f"--from {dataset}: {exc}") from None
-    resolver = AssetResolver(list(catalogs), future_dir)
     if not catalogs and future_dir is None:
-        resolver = _default_resolver()
+        resolver = _default_resolver(info)
+    else:
+        resolver = AssetResolver(list(catalogs), future_dir)
     scenes, skipped, views_taken = [], [], {}
     bar = tqdm(total=n, desc="make-bench", unit="scene", disable=not progress)
     for key, files in _iter_dataset(dataset):
@@ -303,11 +304,13 @@ def make_bench(dataset: Path, out: Path, *, n: int | None = None, views: int = 1
     return manifest
 
 
-def _default_resolver() -> AssetResolver:
-    """No --assets: the built-in procedural catalog (what ``iscene-datagen --procedural`` uses)."""
+def _default_resolver(info: dict) -> AssetResolver:
+    """No --assets: the built-in procedural catalog (what ``iscene-datagen --procedural`` uses), of the
+    size the dataset was made with (its config lists the catalog's asset hashes)."""
     from datagen.layout_cli import procedural_catalog
 
-    return AssetResolver([Path(procedural_catalog())])
+    n = len(((info.get("config") or {}).get("source_config") or {}).get("assets_sha256") or []) or 200
+    return AssetResolver([Path(procedural_catalog(n))])
 
 
 def _read_manifest(root: Path) -> dict:

@@ -1,0 +1,203 @@
+"""iscene-eval on a real (small, Blender-rendered) dataset: make-bench, verify, score, broken inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from iscene_core.evaluation import align as al
+from iscene_core.evaluation.bench import load_bench
+from iscene_core.evaluation.cli import main as eval_main
+from iscene_core.evaluation.layout import read_scene_glb, write_scene_glb
+from iscene_core.evaluation.protocols import PROTOCOLS, sample_points, scene_frame
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    from datagen.cli import main as datagen_main
+
+    root = tmp_path_factory.mktemp("eval")
+    os.environ["ISCENE_CACHE"] = str(root / "cache")
+    os.environ["ISCENE_REGISTRY"] = str(root / "registry.json")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    assert datagen_main(["--procedural", "--procedural-n", "40", "--n", "7", "--views-per-scene", "1", "--resolution", "64",
+                         "--samples", "2", "--no-denoise", "--min-visible-pixels", "4", "--no-ray", "--min-instances", "3",
+                         "--max-instances", "5", "--out", str(root / "ds"), "--name", "evt"]) == 0
+    assert eval_main(["make-bench", "--from", str(root / "ds"), "--out", str(root / "bench"), "--no-progress"]) == 0
+    return root / "bench"
+
+
+def _scores(path: Path) -> dict:
+    return json.loads((path / "scores.json").read_text())
+
+
+def test_make_bench_is_self_contained_and_verify_catches_changes(bench, tmp_path, capsys):
+    m = json.loads((bench / "bench.json").read_text())
+    assert m["format"] == "iscene-bench/1" and m["generator"]["version"] and len(m["scenes"]) >= 5
+    key = m["scenes"][0]["key"]
+    for f in ("image.png", "inst.png", "camera.json", "spec.json", "voxels.npz"):
+        assert f"scenes/{key}/{f}" in m["files"]
+    assert f"gt/{key}.glb" in m["files"] and "assets.txt" in m["files"]
+    assert all(a["uid"] and len(a["sha256"]) == 64 for a in m["assets"])
+    assert eval_main(["verify", str(bench)]) == 0
+    # GT meshes are metres in the view frame and voxelise to the shard's voxels
+    b = load_bench(bench)
+    s = b.scenes[0]
+    gt = read_scene_glb(s.gt_glb)
+    assert sorted(gt) == s.instance_ids
+    vox = s.gt_voxels()
+    from iscene_core.evaluation.boxes import voxel_iou, voxelize_in_grid
+
+    for i, mesh in gt.items():
+        assert voxel_iou(voxelize_in_grid(mesh.vertices, mesh.faces, s.view_to_grid, s.resolution), vox[i]) > 0.98
+    # an altered or missing file fails verify
+    copy = tmp_path / "copy"
+    shutil.copytree(bench, copy)
+    p = copy / "scenes" / key / "camera.json"
+    p.write_text(p.read_text().replace("[", "[ ", 1))
+    assert eval_main(["verify", str(copy)]) == 1
+    assert "camera.json: sha256 differs" in capsys.readouterr().err
+    shutil.copytree(bench, tmp_path / "copy2")
+    (tmp_path / "copy2" / "gt" / f"{key}.glb").unlink()
+    assert eval_main(["verify", str(tmp_path / "copy2")]) == 1
+
+
+def test_gt_scored_against_itself_is_perfect_under_every_protocol(bench, tmp_path):
+    out = tmp_path / "scores"
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(bench / "gt"), "--protocol", "all", "--points", "1500",
+                      "--out", str(out), "--no-progress"]) == 0
+    doc = _scores(out)
+    assert set(doc["protocols"]) == set(PROTOCOLS)
+    for name, res in doc["protocols"].items():
+        s = res["summary"]
+        assert s["n_failed"] == 0 and s["n_skipped"] == 0 and s["n_scored"] == len(load_bench(bench).scenes), name
+        assert s["cd_s"] == pytest.approx(0.0, abs=1e-12), name
+        assert s["f_s"] == 100.0 and s["iou_b"] == pytest.approx(1.0, abs=1e-12) and s["voxel_iou"] == 1.0, name
+        if PROTOCOLS[name].object_level:
+            assert s["cd_o"] == pytest.approx(0.0, abs=1e-12) and s["f_o"] == 100.0, name
+        assert s["interpenetration"] == s["gt_interpenetration"], name
+    for f in ("scores.md", "scenes.csv", "histograms.png", "worst.png"):
+        assert (out / f).stat().st_size > 100
+    assert "| iscene | 0.0000 | 100.00 |" in (out / "scores.md").read_text()
+
+
+def _pred_copy(bench: Path, dst: Path) -> Path:
+    shutil.copytree(bench / "gt", dst)
+    return dst
+
+
+def test_known_translation_and_scale_give_analytic_iou_b(bench, tmp_path):
+    b = load_bench(bench)
+    s = b.scenes[0]
+    gt = read_scene_glb(s.gt_glb)
+    i = s.instance_ids[0]
+    lo, hi = gt[i].bounds
+    ext = hi - lo
+    pred = _pred_copy(bench, tmp_path / "pred_t")
+    t = 0.3 * ext[0]
+    moved = dict(gt)
+    moved[i] = gt[i].copy().apply_translation([t, 0, 0])
+    write_scene_glb(pred / f"{s.key}.glb", moved)
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(pred), "--points", "800", "--out", str(tmp_path / "st"),
+                      "--no-progress"]) == 0
+    row = [r for r in _scores(tmp_path / "st")["protocols"]["iscene"]["scenes"] if r["key"] == s.key][0]
+    obj = {o["id"]: o for o in row["objects"]}
+    assert obj[i]["iou_b"] == pytest.approx((ext[0] - t) / (ext[0] + t), rel=1e-6)  # GLB stores float32
+    assert all(obj[j]["iou_b"] == pytest.approx(1.0) for j in obj if j != i)
+    # uniform scale about the box centre: IoU = 1 / s^3
+    sc = 1.25
+    c = 0.5 * (lo + hi)
+    scaled = dict(gt)
+    scaled[i] = gt[i].copy().apply_translation(-c).apply_scale(sc).apply_translation(c)
+    write_scene_glb(pred / f"{s.key}.glb", scaled)
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(pred), "--points", "800", "--protocol", "midi,depr",
+                      "--out", str(tmp_path / "ss"), "--no-progress"]) == 0
+    for name in ("midi", "depr"):
+        row = [r for r in _scores(tmp_path / "ss")["protocols"][name]["scenes"] if r["key"] == s.key][0]
+        assert {o["id"]: o for o in row["objects"]}[i]["iou_b"] == pytest.approx(1 / sc**3, rel=1e-6)
+
+
+def test_icp_recovers_a_random_rigid_transform_of_a_bench_scene(bench, tmp_path):
+    b = load_bench(bench)
+    s = b.scenes[1]
+    gt = read_scene_glb(s.gt_glb)
+    F = scene_frame(PROTOCOLS["iscene"], gt)
+    pts = np.concatenate([sample_points(al.apply(F, gt[i].vertices) is not None and trimesh.Trimesh(al.apply(F, gt[i].vertices), gt[i].faces), 3000, i)
+                          for i in sorted(gt)])
+    rng = np.random.default_rng(7)
+    for trial in range(3):
+        axis = rng.normal(size=3)
+        T = trimesh.transformations.rotation_matrix(np.deg2rad(rng.uniform(-10, 10)), axis / np.linalg.norm(axis))
+        T[:3, 3] = rng.uniform(-0.1, 0.1, 3)
+        for method in ("robust_icp", "icp"):
+            est = al.align(method, al.apply(T, pts), pts, iters=300, tol=1e-12)
+            assert np.abs(est @ T - np.eye(4)).max() < 1e-3, (trial, method)
+    # end to end: a rigidly moved prediction is put back by the iscene protocol and scores perfectly
+    pred = _pred_copy(bench, tmp_path / "pred_r")
+    Tv = s.grid_to_view @ np.eye(4)  # view frame
+    Tr = trimesh.transformations.rotation_matrix(np.deg2rad(4.0), [0.3, 0.2, 1.0], point=gt[s.instance_ids[0]].centroid)
+    write_scene_glb(pred / f"{s.key}.glb", {i: m.copy().apply_transform(Tr) for i, m in gt.items()})
+    assert Tv.shape == (4, 4)
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(pred), "--points", "3000", "--out", str(tmp_path / "sr"),
+                      "--no-progress"]) == 0
+    row = [r for r in _scores(tmp_path / "sr")["protocols"]["iscene"]["scenes"] if r["key"] == s.key][0]
+    assert row["f_s"] == 100.0 and row["cd_s"] < 1e-5
+
+
+def test_broken_predictions_are_recorded_and_the_rest_scored(bench, tmp_path):
+    b = load_bench(bench)
+    keys = [s.key for s in b.scenes]
+    pred = _pred_copy(bench, tmp_path / "pred_bad")
+    glb = pred / f"{keys[0]}.glb"
+    glb.write_bytes(glb.read_bytes()[:200])  # truncated / corrupt
+    (pred / f"{keys[1]}.glb").write_bytes(b"")  # empty
+    sc = trimesh.Scene()
+    sc.add_geometry(trimesh.creation.box(), node_name="chair", geom_name="chair")
+    (pred / f"{keys[2]}.glb").write_bytes(sc.export(file_type="glb"))  # no instance nodes
+    gt3 = read_scene_glb(b.scenes[3].gt_glb)
+    first = b.scenes[3].instance_ids[0]
+    renamed = {(99 if i == first else i): m for i, m in gt3.items()}
+    write_scene_glb(pred / f"{keys[3]}.glb", renamed)  # mismatched ids
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(pred), "--protocol", "iscene,scenegen,gen3dsr", "--points", "600",
+                      "--out", str(tmp_path / "sb"), "--no-progress"]) == 0
+    doc = _scores(tmp_path / "sb")
+    rows = {r["key"]: r for r in doc["protocols"]["iscene"]["scenes"]}
+    assert rows[keys[0]]["status"] == "failed" and "unreadable GLB" in rows[keys[0]]["message"]
+    assert rows[keys[1]]["status"] == "failed" and "empty file" in rows[keys[1]]["message"]
+    assert rows[keys[2]]["status"] == "failed" and "no node named instance_<id>" in rows[keys[2]]["message"]
+    r3 = rows[keys[3]]
+    assert r3["status"] == "ok" and r3["missing"] == [first] and r3["extra"] == [99]
+    assert {o["id"]: o["status"] for o in r3["objects"]}[first] == "missing"
+    for k in keys[4:]:
+        assert rows[k]["status"] == "ok" and rows[k]["f_s"] == 100.0
+    s = doc["protocols"]["iscene"]["summary"]
+    assert s["n_failed"] == 3 and s["n_scored"] == len(keys) - 3 and s["n_missing"] == 1 and s["n_extra"] == 1
+    # SceneGen pairs by order when counts match; Gen3DSR scores the union
+    assert {r["key"]: r for r in doc["protocols"]["scenegen"]["scenes"]}[keys[3]]["status"] == "ok"
+    g = {r["key"]: r for r in doc["protocols"]["gen3dsr"]["scenes"]}[keys[3]]
+    assert g["status"] == "ok" and g["f_s"] > 95.0  # same geometry, ids ignored (points differ: union order changed)
+    md = (tmp_path / "sb" / "scores.md").read_text()
+    assert "Scenes not scored" in md and "unreadable GLB" in md
+    csv = (tmp_path / "sb" / "scenes.csv").read_text()
+    assert csv.count("failed") == 9  # 3 scenes x 3 protocols
+
+
+def test_cli_errors_are_one_line_exit_2(bench, tmp_path, capsys):
+    assert eval_main(["score", "--bench", str(tmp_path / "nope"), "--pred", str(bench / "gt")]) == 2
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(tmp_path / "nope")]) == 2
+    assert eval_main(["make-bench", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert eval_main(["make-bench", "--from", str(tmp_path), "--out", str(bench)]) == 2
+    assert eval_main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("iscene-eval ") for line in err)
+    with pytest.raises(SystemExit) as exc:
+        eval_main(["score", "--bench", str(bench), "--pred", str(bench / "gt"), "--protocol", "nope"])
+    assert exc.value.code == 2
