@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from assets_manifest.mesh_io import AssetError, load_mesh
-from assets_manifest.record import MANIFEST_VERSION, AssetRecord
-
 __all__ = ["AssetError", "AssetRecord", "MANIFEST_VERSION", "build_catalog", "load_manifest", "load_mesh"]
 
+_LAZY = {"AssetError": "assets_manifest.mesh_io", "load_mesh": "assets_manifest.mesh_io",
+         "AssetRecord": "assets_manifest.record", "MANIFEST_VERSION": "assets_manifest.record"}
 
-def load_manifest(path: str | Path) -> list[AssetRecord]:
+
+def __getattr__(name: str):
+    """Geometry and parquet modules load on first use, so `iscene-assets --help` stays instant."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'assets_manifest' has no attribute {name!r}")
+
+
+def load_manifest(path: str | Path) -> list:
     """Rows of a manifest file (``manifest.parquet``) or of a catalog folder containing one."""
+    import pyarrow.parquet as pq
+
+    from assets_manifest.record import AssetRecord
+
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.parquet"

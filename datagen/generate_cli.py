@@ -80,7 +80,7 @@ def make_source(args: argparse.Namespace):
         if n == 0:
             raise RuntimeError(f"no usable 3D-FRONT rooms in {args.front_dir} (see the cleaning counts with --debug)")
         return src, n, {"source": "3d-front", "front_dir": str(args.front_dir), "views": args.views_per_scene,
-                        "resolution": args.resolution}, src.dataset_info(args.out)
+                        "resolution": args.resolution}, src.dataset_info()
     from dataclasses import asdict
 
     from datagen.layout_cli import random_source
@@ -122,6 +122,8 @@ def generate(args: argparse.Namespace) -> int:
         cfg = RunConfig(**{**cfg.__dict__, "sample": SampleConfig(**{**sample.__dict__, "generator": {
             "package_version": __version__, "config_sha256": cfg.config_sha256()}})})
         claim_output(cfg, overwrite=args.overwrite)
+        if SOURCES[args.source] == "3d-front":  # the split manifest is written only once the folder is ours
+            source_info = source.dataset_info(args.out)
         info = run_dataset(source, cfg, source_info)
         c = info["counts"]
         print(f"{args.out}: {c['samples']} samples from {c['scenes_ok']}/{c['scenes_requested']} scenes in {c['shards']} shards "

@@ -246,7 +246,7 @@ def run_dataset(source, cfg: RunConfig, source_info: dict | None = None, progres
 
 # ------------------------------------------------------------------ the output folder's owner --
 
-OWNED = ("shards", "dataset.json", "failures.jsonl", "run.json")
+OWNED = ("shards", "dataset.json", "failures.jsonl", "run.json", "split.jsonl")
 
 
 def _flat(d, prefix: str = "") -> dict:

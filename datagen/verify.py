@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from iscene_core.shards import FORMAT, REQUIRED_FILES as REQUIRED, decode, iter_raw, load_dataset_json
 from iscene_core import space
@@ -58,12 +57,15 @@ class Report:
 
 
 def _occupied_lookup(coords: np.ndarray, R: int) -> np.ndarray:
+    from scipy import ndimage  # imported where used: `verify --help` must not pay for scipy
     dense = space.coords_to_dense(coords, R)
     # one voxel of slack: a surface sample may sit on a voxel's boundary
     return ndimage.binary_dilation(dense, structure=np.ones((3, 3, 3), bool))
 
 
 def check_sample(key: str, s: dict, rep: Report, min_agreement: float = 0.99) -> None:
+    from scipy import ndimage
+
     missing = [f for f in REQUIRED if f not in s["files"]]
     if missing:
         rep.add(key, f"missing files {missing}")
