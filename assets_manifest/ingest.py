@@ -24,6 +24,7 @@ import trimesh
 from assets_manifest.mesh_io import AssetError, file_sha256, load_mesh
 from assets_manifest.normalize import guess_unit, guess_up_axis, normalization_matrix
 from assets_manifest.record import AssetRecord
+from assets_manifest import stable_poses
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,17 @@ def ingest_file(item: IngestItem, out_dir: Path, options: IngestOptions) -> Asse
         raise AssetError(path, "filter", f"{len(mesh.faces)} faces > max_faces {options.max_faces}")
     used = mesh.vertices[np.unique(mesh.faces)]
     extents = np.ptp(used, axis=0)
-    up = guess_up_axis(path.suffix, extents)
+    file_frame = trimesh.Trimesh(used, np.searchsorted(np.unique(mesh.faces), mesh.faces), process=False)
+    try:  # resting poses once, in the file frame: they decide an ambiguous up axis too
+        rots_file, probs = stable_poses.all_poses(file_frame)
+    except Exception as exc:
+        raise AssetError(path, "stable_poses", f"{type(exc).__name__}: {exc}") from None
+    up = guess_up_axis(path.suffix, extents, lambda axis: stable_poses.up_probability(rots_file, probs, axis))
     norm, canonical_extents = normalization_matrix(used, up)
-    canonical = trimesh.Trimesh(used @ norm[:3, :3].T + norm[:3, 3], np.searchsorted(np.unique(mesh.faces), mesh.faces), process=False)
+    canonical = trimesh.Trimesh(used @ norm[:3, :3].T + norm[:3, 3], file_frame.faces, process=False)
+    # canonical = s R_n x + t_n, so a file-frame pose R_f acts on the canonical frame as R_f R_n^T
+    rot_n = norm[:3, :3] / np.linalg.norm(norm[:3, 0])
+    poses = stable_poses.to_record(*stable_poses.select(rots_file @ rot_n.T, probs))
     proxy = _collision_proxy(canonical, options.proxy_faces)
     proxy_path = out_dir / "proxies" / f"{sha[:24]}.ply"
     if not proxy_path.is_file():
@@ -107,6 +116,7 @@ def ingest_file(item: IngestItem, out_dir: Path, options: IngestOptions) -> Asse
         unit_guess=guess_unit(float(extents.max())),
         canonical_extents=tuple(float(v) for v in canonical_extents),
         meta=dict(item.meta),
+        stable_poses=poses,
     )
 
 

@@ -43,6 +43,41 @@ def _sniff_format(path: Path) -> None:
         raise AssetError(path, "read", f"binary content in a text {ext} file")
 
 
+# glTF extensions that change how geometry bytes are stored and that trimesh cannot decode; a file
+# that requires one is rejected by name instead of failing deep inside the loader
+UNSUPPORTED_GLTF_EXTENSIONS = ("EXT_meshopt_compression", "KHR_meshopt_compression")
+
+
+def _gltf_json(path: Path) -> dict | None:
+    """The JSON chunk of a .glb or the whole .gltf; None when it cannot be parsed (the loader reports it)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if path.suffix.lower() == ".gltf":
+                return json.loads(f.read().decode("utf-8"))
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != b"glTF":
+                return None
+            length, kind = struct.unpack("<II", head[12:20])
+            if kind != 0x4E4F534A:  # 'JSON'
+                return None
+            return json.loads(f.read(length).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _unsupported_gltf_extensions(path: Path, required_only: bool) -> list[str]:
+    doc = _gltf_json(path)
+    if not isinstance(doc, dict):
+        return []
+    names = set(doc.get("extensionsRequired") or [])
+    if not required_only:
+        names |= set(doc.get("extensionsUsed") or [])
+    return sorted(n for n in names if n in UNSUPPORTED_GLTF_EXTENSIONS)
+
+
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
     """Load ``path`` as one triangle mesh (file axes and units kept) or raise ``AssetError``.
 
@@ -59,9 +94,15 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     if not path.is_file():
         raise AssetError(path, "read", "file not found")
     _sniff_format(path)
+    is_gltf = path.suffix.lower() in (".glb", ".gltf")
+    if is_gltf and (required := _unsupported_gltf_extensions(path, required_only=True)):
+        raise AssetError(path, "load", f"unsupported glTF extension {', '.join(required)} (compressed geometry trimesh cannot decode)")
     try:
         mesh = trimesh.load(str(path), force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for corrupt files
+        used = _unsupported_gltf_extensions(path, required_only=False) if is_gltf else []
+        if used:  # an optional extension whose fallback data is missing: name it, not the symptom
+            raise AssetError(path, "load", f"unsupported glTF extension {', '.join(used)} ({type(exc).__name__}: {exc})") from None
         raise AssetError(path, "load", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(mesh, trimesh.Trimesh):
         raise AssetError(path, "load", f"no triangle geometry (got {type(mesh).__name__})")

@@ -35,6 +35,9 @@ class AssetRecord:
     canonical_extents: tuple[float, float, float]
     manifest_version: str = MANIFEST_VERSION
     meta: dict[str, Any] = field(default_factory=dict)
+    # resting poses in the canonical frame: [{"rotation": 3x3, "probability": p}], most probable
+    # first (assets_manifest.stable_poses); empty in catalogs built before they existed
+    stable_poses: list[dict] = field(default_factory=list)
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -43,6 +46,7 @@ class AssetRecord:
         import json
 
         row["meta"] = json.dumps(self.meta, sort_keys=True)
+        row["stable_poses"] = json.dumps(self.stable_poses)
         return row
 
     @classmethod
@@ -56,4 +60,6 @@ class AssetRecord:
         kw["normalization"] = [[float(v) for v in r] for r in kw["normalization"]]
         meta = kw.get("meta") or "{}"
         kw["meta"] = json.loads(meta) if isinstance(meta, str) else dict(meta)
+        poses = kw.get("stable_poses") or "[]"
+        kw["stable_poses"] = json.loads(poses) if isinstance(poses, str) else list(poses)
         return cls(**kw)

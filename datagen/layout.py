@@ -10,6 +10,13 @@ Every rule is checked on the full meshes with python-fcl:
 - every instance rests on the floor or on exactly one other instance, at a distance in (0, 5 mm];
 - it is stable: its centre of mass projects inside the convex hull of its contact region.
 
+Each instance takes one of its asset's stable resting poses (computed at ingest, sampled by their
+probabilities), so an asset that does not stand in its authored orientation still appears, lying
+down. The first instance of scene ``i`` is asset ``i mod N`` of a seeded permutation of the catalog,
+so a run of at least N scenes tries every asset; an asset that can never be used is recorded in
+``AssetLibrary.exclusions`` with the reason. The finished proposal is settled by a rigid-body
+simulation (``datagen.settle``), and ``support`` and the relations are recomputed from the result.
+
 Rejection sampling with bounded retries; a scene that cannot be completed raises ``SceneFailure``.
 Everything derives from (dataset seed, scene index), so any scene can be regenerated alone. The
 output is a scene spec (docs/SCENE_SPEC.md) whose ``object_to_world`` maps the asset's vertices as
@@ -28,6 +35,7 @@ import trimesh
 
 from datagen import physics
 from datagen.cameras import CameraConfig, sample_cameras
+from datagen.settle import Body, SettleConfig, SettleError, settle_scene
 from datagen.errors import SceneFailure
 from datagen.ids import scene_id, scene_rng, scene_seed
 from datagen.support_surface import HeightMap, height_map
@@ -58,6 +66,8 @@ class LayoutConfig:
     fov_deg: tuple[float, float] = (35.0, 65.0)
     min_visible_fraction: float = 0.05
     asset_weights: dict | None = None  # uid -> weight; None = uniform
+    cover_assets: bool = True  # scene i's first instance is asset i mod N of a seeded permutation
+    settle: SettleConfig = field(default_factory=SettleConfig)
 
     def camera_config(self) -> CameraConfig:
         return CameraConfig(self.views_per_scene, self.width, self.height, self.elevation_deg, self.fov_deg,
@@ -65,16 +75,82 @@ class LayoutConfig:
 
 
 class AssetLibrary:
-    """Lazy caches over manifest records: canonical meshes, height maps and sized fcl assets."""
+    """Lazy caches over manifest records: canonical and posed meshes, height maps, sized fcl assets.
 
-    def __init__(self, records: Sequence):
+    ``exclusions`` (uid -> reason) lists the assets found unusable (the mesh no longer loads, or no
+    resting pose passes the floor stability rule); sampling skips them.
+    """
+
+    def __init__(self, records: Sequence, refine_poses: bool = True):
         if not records:
             raise ValueError("AssetLibrary needs at least one asset record")
+        self.refine_poses = refine_poses
         self.records = list(records)
         self.by_uid = {r.uid: r for r in self.records}
         self._canonical: dict[str, trimesh.Trimesh] = {}
-        self._heights: dict[str, HeightMap] = {}
-        self._sized: dict[tuple[str, float], physics.SizedAsset] = {}
+        self._posed: dict[tuple[str, int], tuple[trimesh.Trimesh, np.ndarray]] = {}
+        self._heights: dict[tuple[str, int], HeightMap] = {}
+        self._sized: dict[tuple[str, int, float], physics.SizedAsset] = {}
+        self._usable: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # uid -> (pose indices, probabilities)
+        self.exclusions: dict[str, str] = {}
+
+    def poses(self, uid: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rotations (K, 3, 3), probabilities) of the asset's resting poses in its canonical frame."""
+        from assets_manifest.stable_poses import from_record
+
+        return from_record(self.by_uid[uid].stable_poses)
+
+    def posed(self, uid: str, pose: int) -> tuple[trimesh.Trimesh, np.ndarray]:
+        """(mesh at unit size in resting pose ``pose``, 4x4 P: canonical -> posed frame).
+
+        The posed frame is canonical again (z up, centred x/y, min z = 0, largest side 1), so sizes
+        and height maps mean the same for every pose.
+        """
+        key = (uid, int(pose))
+        if key not in self._posed:
+            rot = self.poses(uid)[0][pose]
+            if self.refine_poses:  # the hull facet's pose, corrected to where the asset really rests
+                from datagen.settle import rest_on_floor
+
+                v = self.canonical(uid).vertices @ rot.T
+                v = (v - v.min(axis=0)) / float(np.max(np.ptp(v, axis=0)))
+                unit = trimesh.Trimesh(v, self.canonical(uid).faces, process=False)
+                rot = rest_on_floor(unit, physics.samples_and_com(unit)[1]) @ rot
+            v = self.canonical(uid).vertices @ rot.T
+            lo, hi = v.min(axis=0), v.max(axis=0)
+            scale = 1.0 / float(np.max(hi - lo))
+            m = np.eye(4)
+            m[:3, :3] = scale * rot
+            m[:3, 3] = -scale * np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+            mesh = trimesh.Trimesh(v * scale + m[:3, 3], self.canonical(uid).faces, process=False)
+            self._posed[key] = (mesh, m)
+        return self._posed[key]
+
+    def usable_poses(self, uid: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Pose indices that stand stably on the floor, with renormalised probabilities; None (and an
+        entry in ``exclusions``) when the asset cannot be used at all."""
+        if uid in self.exclusions:
+            return None
+        if uid not in self._usable:
+            from assets_manifest import AssetError
+
+            try:
+                _, probs = self.poses(uid)
+                ok = []
+                for k in range(len(probs)):
+                    samples, com = physics.samples_and_com(self.posed(uid, k)[0])
+                    if physics.is_stable(samples, com, _floor_heights):
+                        ok.append(k)
+            except (AssetError, OSError, ValueError) as exc:
+                self.exclusions[uid] = f"cannot load: {exc}"
+                return None
+            if not ok:
+                self.exclusions[uid] = (f"none of its {len(probs)} resting poses passes the floor stability rule "
+                                        "(centre of mass inside the contact hull with margin)")
+                return None
+            p = probs[ok]
+            self._usable[uid] = (np.array(ok), p / p.sum())
+        return self._usable[uid]
 
     def canonical(self, uid: str) -> trimesh.Trimesh:
         if uid not in self._canonical:
@@ -88,31 +164,34 @@ class AssetLibrary:
             self._canonical[uid] = trimesh.Trimesh(verts, np.searchsorted(used, mesh.faces), process=False)
         return self._canonical[uid]
 
-    def heights(self, uid: str) -> HeightMap:
-        if uid not in self._heights:
-            self._heights[uid] = height_map(self.canonical(uid))
-        return self._heights[uid]
+    def heights(self, uid: str, pose: int = 0) -> HeightMap:
+        key = (uid, int(pose))
+        if key not in self._heights:
+            self._heights[key] = height_map(self.posed(uid, pose)[0])
+        return self._heights[key]
 
-    def sized(self, uid: str, size: float) -> physics.SizedAsset:
-        key = (uid, float(size))
+    def sized(self, uid: str, size: float, pose: int = 0) -> physics.SizedAsset:
+        key = (uid, int(pose), float(size))
         if key not in self._sized:
-            self._sized[key] = physics.make_sized_asset(uid, self.canonical(uid), float(size))
+            self._sized[key] = physics.make_sized_asset(uid, self.posed(uid, pose)[0], float(size), pose=int(pose))
         return self._sized[key]
+
+    def coverage_uid(self, dataset_seed: int, index: int) -> str:
+        """The asset scene ``index`` starts with: every asset once per N consecutive scenes."""
+        uids = sorted(self.by_uid)
+        perm = np.random.default_rng([int(dataset_seed), 0xC0FE]).permutation(len(uids))
+        return uids[int(perm[index % len(uids)])]
 
 
 @dataclass
 class Placed:
     record: object
     asset: physics.SizedAsset
-    yaw: float
+    rot: np.ndarray  # (3, 3) world rotation of the posed frame (a yaw until settling tips it)
     t: np.ndarray
     support: int  # 0 = floor, else 1-based index
     obj: fcl.CollisionObject = field(repr=False)
     aabb: np.ndarray = field(repr=False)  # (2, 3)
-
-    @property
-    def rot(self) -> np.ndarray:
-        return physics.rotz(self.yaw)
 
     def world(self, local: np.ndarray) -> np.ndarray:
         return local @ self.rot.T + self.t
@@ -121,10 +200,11 @@ class Placed:
         return (world_xy - self.t[:2]) @ self.rot[:2, :2]  # inverse rotation (row vectors)
 
 
-def _place(record, asset: physics.SizedAsset, yaw: float, t: np.ndarray, support: int) -> Placed:
-    rot = physics.rotz(yaw)
+def _place(record, asset: physics.SizedAsset, rotation, t: np.ndarray, support: int) -> Placed:
+    """``rotation``: a yaw (radians) or a 3x3 matrix."""
+    rot = physics.rotz(rotation) if np.ndim(rotation) == 0 else np.asarray(rotation, dtype=np.float64)
     v = asset.mesh.vertices @ rot.T + t
-    return Placed(record, asset, yaw, np.asarray(t, float), support, physics.fcl_object(asset, yaw, t),
+    return Placed(record, asset, rot, np.asarray(t, float), support, physics.fcl_object(asset, rot, t),
                   np.stack([v.min(axis=0), v.max(axis=0)]))
 
 
@@ -150,7 +230,7 @@ def _support_heights(anchor: Placed, lib: AssetLibrary):
     The estimate reads the ray-cast height map (fast, for choosing a spot and a first drop height);
     the exact one casts a ray down onto the anchor's mesh for each point (for the stability rule).
     """
-    hm = lib.heights(anchor.record.uid).scaled(anchor.asset.size)
+    hm = lib.heights(anchor.record.uid, anchor.asset.pose).scaled(anchor.asset.size)
     mesh = anchor.asset.mesh
 
     def estimate(world_xy: np.ndarray) -> np.ndarray:
@@ -161,7 +241,8 @@ def _support_heights(anchor: Placed, lib: AssetLibrary):
         origins = np.column_stack([local, np.full(len(local), mesh.bounds[1, 2] + 1.0)])
         loc, idx, _ = mesh.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(local), 1)), multiple_hits=False)
         h = np.full(len(local), -np.inf)
-        np.maximum.at(h, idx, loc[:, 2])
+        if len(idx):  # no hit at all: trimesh returns an empty 1-D array, not (0, 3)
+            np.maximum.at(h, np.asarray(idx), np.asarray(loc).reshape(-1, 3)[:, 2])
         return h + anchor.t[2]
 
     return estimate, exact, hm
@@ -179,22 +260,43 @@ def _pick_size(rng, levels: np.ndarray, lo: float, hi: float) -> float | None:
 class SceneSampler:
     """Places instances for one scene; one instance per call of ``add``."""
 
-    def __init__(self, lib: AssetLibrary, cfg: LayoutConfig, rng: np.random.Generator):
+    def __init__(self, lib: AssetLibrary, cfg: LayoutConfig, rng: np.random.Generator, first_uid: str | None = None):
         self.lib, self.cfg, self.rng = lib, cfg, rng
+        self.first_uid = first_uid
         self.placed: list[Placed] = []
         self.relations: list[dict] = []
         uids = [r.uid for r in lib.records]
         w = np.array([(cfg.asset_weights or {}).get(u, 1.0) for u in uids], dtype=np.float64)
-        self.uids, self.p = uids, w / w.sum()
+        self.uids, self.w = uids, w
 
-    def _record(self):
-        return self.lib.by_uid[self.uids[int(self.rng.choice(len(self.uids), p=self.p))]]
+    def _record(self, uid: str | None = None):
+        """A usable asset (``uid`` if given and usable) and one of its resting poses."""
+        for _ in range(4 * len(self.uids)):
+            if uid is None:
+                w = self.w * np.array([u not in self.lib.exclusions for u in self.uids])
+                if w.sum() <= 0:
+                    raise SceneFailure("layout", "every asset of the catalog is excluded: " + "; ".join(
+                        f"{u}: {r}" for u, r in sorted(self.lib.exclusions.items())))
+                pick = self.uids[int(self.rng.choice(len(self.uids), p=w / w.sum()))]
+            else:
+                pick = uid
+            usable = self.lib.usable_poses(pick)
+            if usable is not None:
+                ks, p = usable
+                return self.lib.by_uid[pick], int(ks[int(self.rng.choice(len(ks), p=p))])
+            if uid is not None:
+                return None, None
+        raise SceneFailure("layout", "no usable asset found")
 
     def place_first(self) -> bool:
-        for _ in range(self.cfg.tries_per_instance):
-            rec = self._record()
+        for attempt in range(self.cfg.tries_per_instance):
+            # the scene's designated asset for the first half of the tries, then any asset
+            designated = self.first_uid if attempt < self.cfg.tries_per_instance // 2 else None
+            rec, pose = self._record(designated)
+            if rec is None:
+                rec, pose = self._record()
             size = _pick_size(self.rng, SIZE_LEVELS, *self.cfg.floor_size)
-            asset = self.lib.sized(rec.uid, size)
+            asset = self.lib.sized(rec.uid, size, pose)
             z = self.rng.uniform(*self.cfg.support_gap)
             p = _place(rec, asset, self.rng.uniform(0, 2 * np.pi), np.array([0.0, 0.0, z]), 0)
             if _stable(p, _floor_heights):
@@ -204,9 +306,9 @@ class SceneSampler:
 
     def _beside(self, rel: str, anchor_idx: int) -> Placed | None:
         anchor = self.placed[anchor_idx - 1]
-        rec = self._record()
+        rec, pose = self._record()
         size = _pick_size(self.rng, SIZE_LEVELS, *self.cfg.floor_size)
-        asset = self.lib.sized(rec.uid, size)
+        asset = self.lib.sized(rec.uid, size, pose)
         yaw = self.rng.uniform(0, 2 * np.pi)
         v = asset.mesh.vertices @ physics.rotz(yaw).T
         vlo, vhi = v.min(axis=0), v.max(axis=0)
@@ -235,11 +337,11 @@ class SceneSampler:
         if len(cells) == 0:
             return None
         top_side = float(min(np.ptp(cells[:, 0]), np.ptp(cells[:, 1])) + hm.step.min())
-        rec = self._record()
+        rec, pose = self._record()
         size = _pick_size(self.rng, SIZE_LEVELS, self.cfg.top_size_ratio[0] * top_side, self.cfg.top_size_ratio[1] * top_side)
         if size is None:
             return None
-        asset = self.lib.sized(rec.uid, size)
+        asset = self.lib.sized(rec.uid, size, pose)
         yaw = self.rng.uniform(0, 2 * np.pi)
         rot = physics.rotz(yaw)
         spot = anchor.world(np.append(cells[int(self.rng.integers(len(cells)))], 0.0)[None])[0, :2]
@@ -301,21 +403,52 @@ class SceneSampler:
         return False
 
 
-def object_to_world(p: Placed) -> np.ndarray:
-    """T(t) . Rz(yaw) . S(size) . normalization: file vertices -> world."""
+def object_to_world(p: Placed, lib: AssetLibrary) -> np.ndarray:
+    """T(t) . R . S(size) . P(pose) . normalization: file vertices -> world."""
     m = np.eye(4)
     m[:3, :3] = p.rot * p.asset.size
     m[:3, 3] = p.t
-    return m @ np.asarray(p.record.normalization, dtype=np.float64)
+    pose = lib.posed(p.record.uid, p.asset.pose)[1]
+    return m @ pose @ np.asarray(p.record.normalization, dtype=np.float64)
+
+
+def _relation_holds(rel: str, a: np.ndarray, b: np.ndarray) -> bool:
+    """Beside relations on world boxes (SHARD_FORMAT.md: +X right, +Y behind)."""
+    return {"left_of": a[1, 0] < b[0, 0], "right_of": a[0, 0] > b[1, 0],
+            "in_front_of": a[1, 1] < b[0, 1], "behind": a[0, 1] > b[1, 1]}[rel]
+
+
+def settle_placed(lib: AssetLibrary, placed: list[Placed], relations: list[dict], cfg: SettleConfig) -> tuple[list[Placed], list[dict], dict]:
+    """Settle the proposal with PyBullet; (settled instances, relations that still hold, summary).
+
+    ``support`` is what each instance rests on after settling; ``on_top_of`` follows it, and a
+    beside relation is kept only where it still holds on the settled boxes.
+    """
+    bodies = [Body((p.record.uid, p.asset.pose, p.asset.size), p.asset.mesh, p.asset.com, p.asset.bvh,
+                   p.rot, p.t, p.support, p.asset.size) for p in placed]
+    res = settle_scene(bodies, cfg)
+    out = [_place(p.record, p.asset, r, t, sup) for p, r, t, sup in zip(placed, res.rot, res.t, res.support)]
+    rels = []
+    for rel in relations:
+        a, b = out[rel["subject"] - 1], out[rel["object"] - 1]
+        if rel["relation"] == "on_top_of":
+            if a.support == rel["object"]:
+                rels.append(rel)
+        elif _relation_holds(rel["relation"], a.aabb, b.aabb):
+            rels.append(rel)
+    summary = {"engine": "pybullet", "max_translation_m": float(max(res.translation)),
+               "max_rotation_deg": float(max(res.rotation_deg)), "steps": int(sum(res.steps))}
+    return out, rels, summary
 
 
 def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index: int) -> dict:
     """One random scene spec for (dataset seed, index); raises ``SceneFailure`` after bounded retries."""
     rng = scene_rng(dataset_seed, index, "layout")
+    first_uid = lib.coverage_uid(dataset_seed, index) if cfg.cover_assets and not cfg.asset_weights else None
     reasons = []
     for attempt in range(cfg.scene_tries):
         n = int(rng.integers(cfg.min_instances, cfg.max_instances + 1))
-        s = SceneSampler(lib, cfg, rng)
+        s = SceneSampler(lib, cfg, rng, first_uid)
         if not s.place_first():
             reasons.append("no stable first instance")
             continue
@@ -324,6 +457,13 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
         if len(s.placed) < n:
             reasons.append(f"placed {len(s.placed)} of {n} instances")
             continue
+        physics_info = None
+        if cfg.settle.enabled:
+            try:
+                s.placed, s.relations, physics_info = settle_placed(lib, s.placed, s.relations, cfg.settle)
+            except SettleError as exc:
+                reasons.append(f"settling: {exc}")
+                continue
         meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
         aabbs = np.stack([p.aabb for p in s.placed])
         cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world(p.asset.samples) for p in s.placed])
@@ -337,14 +477,15 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
             "source": "random",
             "instances": [
                 {"index": k, "uid": p.record.uid, "asset_source": p.record.source, "path": p.record.path,
-                 "sha256": p.record.sha256, "size": p.asset.size, "object_to_world": object_to_world(p).tolist(),
-                 "world_aabb": p.aabb.tolist(), "support": p.support}
+                 "sha256": p.record.sha256, "size": p.asset.size, "object_to_world": object_to_world(p, lib).tolist(),
+                 "world_aabb": p.aabb.tolist(), "support": p.support, "pose": p.asset.pose}
                 for k, p in enumerate(s.placed, start=1)
             ],
             "relations": s.relations,
             "cameras": cameras,
             "background": [],
             "floor": True,
+            "physics": physics_info,  # null when settling is off
         }
     raise SceneFailure("layout", f"scene {scene_id(index)}: no valid scene in {cfg.scene_tries} tries ({'; '.join(reasons)})")
 

@@ -3,9 +3,11 @@
     iscene-datagen layout --assets catalog/ --n 1000 --seed 0 --out layouts.jsonl
     iscene-datagen layout --procedural --n 10 --out layouts.jsonl
 
-One JSON scene spec per line (docs/SCENE_SPEC.md). Scenes that cannot be made are reported on
-stderr and in ``<out>.failures.jsonl`` with their reason; the file is written to a temporary name
-and renamed when complete.
+One JSON scene spec per line (docs/SCENE_SPEC.md). A scene that cannot be made costs that scene
+only: it is reported on stderr and in ``<out>.failures.jsonl`` with its stage and reason (an
+unexpected error too, with its type). ``<out>.assets.json`` says, for every asset of the catalog,
+in how many scenes it appears, or why it was excluded. Files are written to temporary names and
+renamed when complete; an interrupted run leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -68,6 +70,32 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded("iscene-datagen layout", lambda: make_layouts(args), args.debug)
 
 
+def asset_usage(src, specs_uids: list[list[str]]) -> dict:
+    """Per catalog asset: scenes it appears in, or the reason it was excluded (never silent)."""
+    from collections import Counter
+
+    scenes = Counter(u for uids in specs_uids for u in set(uids))
+    exclusions = src.library.exclusions
+    out = {}
+    for r in src.records:
+        row = {"path": r.path, "scenes": int(scenes.get(r.uid, 0)), "excluded": exclusions.get(r.uid)}
+        if row["scenes"] == 0 and row["excluded"] is None:
+            row["excluded"] = ("never placed in this run: every try as the first instance of the scenes assigned "
+                               "to it failed (see failures.jsonl)" if len(specs_uids) >= len(src.records)
+                               else f"not reached: {len(specs_uids)} scenes for {len(src.records)} assets")
+        out[r.uid] = row
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def make_layouts(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -80,17 +108,32 @@ def make_layouts(args: argparse.Namespace) -> int:
     src = random_source(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
-    failures = []
-    with open(tmp, "w") as f:
-        for i in tqdm(range(args.n), desc="layout", unit="scene"):
-            try:
-                f.write(json.dumps(src.spec(i)) + "\n")
-            except SceneFailure as exc:
-                failures.append(exc.to_record(scene_id(i)))
-                print(f"scene {scene_id(i)} failed: {exc}", file=sys.stderr)
-    os.replace(tmp, args.out)
-    if failures:
-        fail_path = args.out.with_name(args.out.name + ".failures.jsonl")
-        fail_path.write_text("".join(json.dumps(r) + "\n" for r in failures))
-    print(f"{args.out}: {args.n - len(failures)} scenes, {len(failures)} failed")
+    failures, uids = [], []
+    try:
+        with open(tmp, "w") as f:
+            for i in tqdm(range(args.n), desc="layout", unit="scene"):
+                try:
+                    spec = src.spec(i)
+                except SceneFailure as exc:
+                    failures.append(exc.to_record(scene_id(i)))
+                    print(f"scene {scene_id(i)} failed: {exc}", file=sys.stderr)
+                    continue
+                except Exception as exc:  # a bug or a bad asset costs this scene, never the run
+                    if args.debug:
+                        raise
+                    failures.append({"scene_id": scene_id(i), "stage": "layout", "reason": f"{type(exc).__name__}: {exc}"})
+                    print(f"scene {scene_id(i)} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    continue
+                f.write(json.dumps(spec) + "\n")
+                uids.append([inst["uid"] for inst in spec["instances"]])
+        os.replace(tmp, args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fail_path = args.out.with_name(args.out.name + ".failures.jsonl")
+    _write_atomic(fail_path, "".join(json.dumps(r) + "\n" for r in failures))
+    usage = asset_usage(src, uids)
+    _write_atomic(args.out.with_name(args.out.name + ".assets.json"), json.dumps(usage, indent=1))
+    excluded = sum(1 for r in usage.values() if r["scenes"] == 0)
+    print(f"{args.out}: {args.n - len(failures)} scenes, {len(failures)} failed ({fail_path.name}); "
+          f"{len(usage) - excluded}/{len(usage)} assets used, {excluded} excluded with reasons in {args.out.name}.assets.json")
     return 0

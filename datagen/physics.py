@@ -22,14 +22,16 @@ STABILITY_MARGIN = 0.002  # metres the centre of mass must lie inside the contac
 
 @dataclass
 class SizedAsset:
-    """One asset at one size level: its canonical mesh scaled, BVH, surface samples, centre of mass."""
+    """One asset in one resting pose at one size level: its posed mesh scaled, BVH, surface samples,
+    centre of mass."""
 
     uid: str
     size: float
-    mesh: trimesh.Trimesh  # canonical frame scaled to ``size`` (z up, min z = 0, centred x/y)
+    mesh: trimesh.Trimesh  # posed frame scaled to ``size`` (z up, min z = 0, centred x/y)
     bvh: fcl.BVHModel = field(repr=False)
     samples: np.ndarray = field(repr=False)  # (S, 3) surface points incl. vertices
     com: np.ndarray = field(repr=False)  # centre of mass (volume if watertight, else surface)
+    pose: int = 0  # index into the asset's stable poses
 
 
 def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
@@ -40,17 +42,26 @@ def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
     return model
 
 
-def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_samples: int = 3000, seed: int = 0) -> SizedAsset:
+def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_samples: int = 3000, seed: int = 0,
+                     pose: int = 0) -> SizedAsset:
+    """``canonical``: the asset at unit size in the frame it will rest in (a posed canonical mesh)."""
     mesh = canonical.copy()
     mesh.apply_scale(size)
+    samples, com = samples_and_com(mesh, n_samples, seed)
+    return SizedAsset(uid, size, mesh, build_bvh(mesh), samples, com, pose)
+
+
+def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Surface samples (incl. vertices) and centre of mass (volume if watertight, else surface)."""
     pts, _ = trimesh.sample.sample_surface(mesh, n_samples, seed=seed)
-    samples = np.vstack([pts, mesh.vertices])
     com = mesh.center_mass if mesh.is_watertight and mesh.volume > 1e-12 else mesh.triangles_center.T @ mesh.area_faces / mesh.area
-    return SizedAsset(uid, size, mesh, build_bvh(mesh), samples, np.asarray(com, dtype=np.float64))
+    return np.vstack([pts, mesh.vertices]), np.asarray(com, dtype=np.float64)
 
 
-def fcl_object(asset: SizedAsset, yaw: float, translation: np.ndarray) -> fcl.CollisionObject:
-    return fcl.CollisionObject(asset.bvh, fcl.Transform(rotz(yaw), np.asarray(translation, dtype=np.float64)))
+def fcl_object(asset: SizedAsset, rotation, translation: np.ndarray) -> fcl.CollisionObject:
+    """``rotation``: a yaw angle (radians about +Z) or a 3x3 rotation matrix."""
+    rot = rotz(rotation) if np.ndim(rotation) == 0 else np.asarray(rotation, dtype=np.float64)
+    return fcl.CollisionObject(asset.bvh, fcl.Transform(rot, np.asarray(translation, dtype=np.float64)))
 
 
 def rotz(yaw: float) -> np.ndarray:

@@ -161,3 +161,60 @@ def test_validate_catches_a_changed_file(tmp_path):
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "assets_manifest.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "build" in res.stdout
+
+
+def _glb_with_extension(path: Path, extension: str, required: bool) -> None:
+    """A valid box .glb whose JSON declares ``extension`` (as a meshopt-compressed file does)."""
+    import struct
+
+    data = trimesh.creation.box().export(file_type="glb")
+    n = struct.unpack("<I", data[12:16])[0]
+    doc = json.loads(data[20:20 + n])
+    doc["extensionsUsed"] = [extension]
+    if required:
+        doc["extensionsRequired"] = [extension]
+        doc["buffers"].append({"byteLength": 64, "extensions": {extension: {"fallback": True}}})
+        doc["bufferViews"][0]["buffer"] = len(doc["buffers"]) - 1  # geometry lives in the compressed stream
+    js = json.dumps(doc).encode()
+    js += b" " * (-len(js) % 4)
+    rest = data[20 + n:]
+    body = struct.pack("<II", len(js), 0x4E4F534A) + js + rest
+    path.write_bytes(data[:8] + struct.pack("<I", 12 + len(body)) + body)
+
+
+def test_meshopt_gltf_rejected_naming_the_extension(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _glb_with_extension(inputs / "meshopt.glb", "EXT_meshopt_compression", required=True)
+    trimesh.creation.box().export(inputs / "box.glb")
+    out = tmp_path / "cat"
+    assert assets_cli(["build", "--source", "dir", str(inputs), "--out", str(out)]) == 0
+    assert [Path(r.path).name for r in load_manifest(out)] == ["box.glb"]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1 and rejects[0]["stage"] == "load"
+    assert "EXT_meshopt_compression" in rejects[0]["reason"] and "IndexError" not in rejects[0]["reason"]
+
+
+def test_stable_poses_stored_and_ply_up_axis_from_resting_poses(shared_assets, tmp_path):
+    """The Y-up bunny PLY stands upright; every asset carries resting poses whose probabilities
+    sum to 1 and whose rotations are proper and make the asset rest on a face of its hull."""
+    from assets_manifest.stable_poses import from_record
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("bunny.ply", "teapot.stl", "monkey.glb", "Duck.glb", "SheenCloth.glb"):
+        shutil.copy(shared_assets / name, inputs / name)
+    records = {Path(r.path).name: r for r in load_manifest(build_catalog("dir", tmp_path / "cat", inputs=inputs, progress=False))}
+    assert records["bunny.ply"].up_axis == "+y"  # scanned Y-up: "+z" would lay it on its side
+    assert records["teapot.stl"].up_axis == "+z"
+    for name, rec in records.items():
+        rots, probs = from_record(rec.stable_poses)
+        assert len(rots) >= 1 and abs(probs.sum() - 1) < 1e-9, name
+        np.testing.assert_allclose(np.linalg.det(rots), 1.0, atol=1e-6)
+        mesh = load_mesh(rec.path)
+        n = np.asarray(rec.normalization)
+        canonical = mesh.vertices @ n[:3, :3].T + n[:3, 3]
+        for rot in rots:  # resting on a hull facet: several vertices share the lowest height
+            z = (canonical @ rot.T)[:, 2]
+            hull_z = (trimesh.Trimesh(canonical @ rot.T, mesh.faces, process=False).convex_hull.vertices)[:, 2]
+            assert np.sum(hull_z <= z.min() + 0.02 * np.ptp(z)) >= 3, name

@@ -101,3 +101,40 @@ def test_layout_cli_writes_jsonl(tmp_path):
         assert set(r) >= {"scene_id", "seed", "instances", "relations", "cameras"}
         assert set(r["instances"][0]) >= {"index", "uid", "path", "sha256", "object_to_world", "world_aabb", "support"}
         assert np.asarray(r["cameras"][0]["K"]).shape == (3, 3) and r["cameras"][0]["width"] == 96
+
+
+def test_support_heights_where_no_ray_hits(procedural_source):
+    """Regression: trimesh returns an empty 1-D array when no downward ray hits the support."""
+    from datagen.layout import _place, _support_heights
+
+    lib = procedural_source.library
+    rec = lib.records[0]
+    anchor = _place(rec, lib.sized(rec.uid, 0.5), 0.0, np.zeros(3), 0)
+    _, exact, _ = _support_heights(anchor, lib)
+    far = np.array([[10.0, 10.0], [-7.0, 3.0]])
+    assert np.all(exact(far) == -np.inf)
+    assert np.isfinite(exact(np.zeros((1, 2)))).all()  # straight above the asset's centre: a hit
+
+
+def test_layout_cli_one_bad_scene_costs_that_scene(tmp_path, monkeypatch):
+    from datagen import layout
+    from datagen.cli import main
+
+    cat = tmp_path / "cat"
+    build_catalog("procedural", cat, n=12, seed=0, progress=False)
+    real = layout.sample_scene
+
+    def flaky(lib, cfg, seed, index):
+        if index == 1:
+            np.zeros(0)[:, 2]  # the IndexError trimesh's empty hit array used to cause
+        return real(lib, cfg, seed, index)
+
+    monkeypatch.setattr(layout, "sample_scene", flaky)
+    out = tmp_path / "l.jsonl"
+    assert main(["layout", "--assets", str(cat), "--n", "3", "--out", str(out), "--views-per-scene", "1", "--resolution", "64"]) == 0
+    assert [json.loads(x)["scene_id"] for x in out.read_text().splitlines()] == ["s00000000", "s00000002"]
+    fails = [json.loads(x) for x in (tmp_path / "l.jsonl.failures.jsonl").read_text().splitlines()]
+    assert len(fails) == 1 and fails[0]["scene_id"] == "s00000001" and "IndexError" in fails[0]["reason"]
+    usage = json.loads((tmp_path / "l.jsonl.assets.json").read_text())
+    assert len(usage) == 12 and all(r["scenes"] > 0 or r["excluded"] for r in usage.values())
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
