@@ -25,6 +25,7 @@ output is a scene spec (docs/SCENE_SPEC.md) whose ``object_to_world`` maps the a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -81,6 +82,8 @@ class AssetLibrary:
     resting pose passes the floor stability rule); sampling skips them.
     """
 
+    MAX_SIZED = 600
+
     def __init__(self, records: Sequence, refine_poses: bool = True):
         if not records:
             raise ValueError("AssetLibrary needs at least one asset record")
@@ -90,7 +93,9 @@ class AssetLibrary:
         self._canonical: dict[str, trimesh.Trimesh] = {}
         self._posed: dict[tuple[str, int], tuple[trimesh.Trimesh, np.ndarray]] = {}
         self._heights: dict[tuple[str, int], HeightMap] = {}
-        self._sized: dict[tuple[str, int, float], physics.SizedAsset] = {}
+        self._sized: OrderedDict[tuple[str, int, float], physics.SizedAsset] = OrderedDict()  # LRU
+        self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._posed_extras: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._usable: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # uid -> (pose indices, probabilities)
         self.exclusions: dict[str, str] = {}
 
@@ -99,6 +104,15 @@ class AssetLibrary:
         from assets_manifest.stable_poses import from_record
 
         return from_record(self.by_uid[uid].stable_poses)
+
+    def _base(self, uid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(surface samples, centre of mass, convex hull vertices) in the canonical frame, once per
+        asset: every pose and size is a similarity transform of them."""
+        if uid not in self._bases:
+            mesh = self.canonical(uid)
+            samples, com = physics.samples_and_com(mesh)
+            self._bases[uid] = (samples, com, np.asarray(mesh.convex_hull.vertices))
+        return self._bases[uid]
 
     def posed(self, uid: str, pose: int) -> tuple[trimesh.Trimesh, np.ndarray]:
         """(mesh at unit size in resting pose ``pose``, 4x4 P: canonical -> posed frame).
@@ -109,13 +123,11 @@ class AssetLibrary:
         key = (uid, int(pose))
         if key not in self._posed:
             rot = self.poses(uid)[0][pose]
+            samples, com, hull = self._base(uid)
             if self.refine_poses:  # the hull facet's pose, corrected to where the asset really rests
                 from datagen.settle import rest_on_floor
 
-                v = self.canonical(uid).vertices @ rot.T
-                v = (v - v.min(axis=0)) / float(np.max(np.ptp(v, axis=0)))
-                unit = trimesh.Trimesh(v, self.canonical(uid).faces, process=False)
-                rot = rest_on_floor(unit, physics.samples_and_com(unit)[1]) @ rot
+                rot = rest_on_floor(hull @ rot.T, rot @ com) @ rot
             v = self.canonical(uid).vertices @ rot.T
             lo, hi = v.min(axis=0), v.max(axis=0)
             scale = 1.0 / float(np.max(hi - lo))
@@ -124,7 +136,13 @@ class AssetLibrary:
             m[:3, 3] = -scale * np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
             mesh = trimesh.Trimesh(v * scale + m[:3, 3], self.canonical(uid).faces, process=False)
             self._posed[key] = (mesh, m)
+            self._posed_extras[key] = tuple(x @ m[:3, :3].T + m[:3, 3] for x in (samples, com, hull))
         return self._posed[key]
+
+    def posed_extras(self, uid: str, pose: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(samples, centre of mass, hull vertices) of ``posed(uid, pose)`` at unit size."""
+        self.posed(uid, pose)
+        return self._posed_extras[(uid, int(pose))]
 
     def usable_poses(self, uid: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Pose indices that stand stably on the floor, with renormalised probabilities; None (and an
@@ -138,7 +156,7 @@ class AssetLibrary:
                 _, probs = self.poses(uid)
                 ok = []
                 for k in range(len(probs)):
-                    samples, com = physics.samples_and_com(self.posed(uid, k)[0])
+                    samples, com, _ = self.posed_extras(uid, k)
                     if physics.is_stable(samples, com, _floor_heights):
                         ok.append(k)
             except (AssetError, OSError, ValueError) as exc:
@@ -172,8 +190,14 @@ class AssetLibrary:
 
     def sized(self, uid: str, size: float, pose: int = 0) -> physics.SizedAsset:
         key = (uid, int(pose), float(size))
-        if key not in self._sized:
-            self._sized[key] = physics.make_sized_asset(uid, self.posed(uid, pose)[0], float(size), pose=int(pose))
+        if key in self._sized:
+            self._sized.move_to_end(key)
+        else:
+            samples, com, hull = self.posed_extras(uid, pose)
+            self._sized[key] = physics.make_sized_asset(uid, self.posed(uid, pose)[0], float(size), pose=int(pose),
+                                                        unit_extras=(samples, com, hull))
+            if len(self._sized) > self.MAX_SIZED:  # BVHs of big meshes: bound the memory of long runs
+                self._sized.popitem(last=False)
         return self._sized[key]
 
     def coverage_uid(self, dataset_seed: int, index: int) -> str:
@@ -425,7 +449,7 @@ def settle_placed(lib: AssetLibrary, placed: list[Placed], relations: list[dict]
     beside relation is kept only where it still holds on the settled boxes.
     """
     bodies = [Body((p.record.uid, p.asset.pose, p.asset.size), p.asset.mesh, p.asset.com, p.asset.bvh,
-                   p.rot, p.t, p.support, p.asset.size) for p in placed]
+                   p.rot, p.t, p.support, p.asset.size, p.asset.hull) for p in placed]
     res = settle_scene(bodies, cfg)
     out = [_place(p.record, p.asset, r, t, sup) for p, r, t, sup in zip(placed, res.rot, res.t, res.support)]
     rels = []

@@ -32,6 +32,7 @@ class SizedAsset:
     samples: np.ndarray = field(repr=False)  # (S, 3) surface points incl. vertices
     com: np.ndarray = field(repr=False)  # centre of mass (volume if watertight, else surface)
     pose: int = 0  # index into the asset's stable poses
+    hull: np.ndarray | None = field(default=None, repr=False)  # convex hull vertices (rigid-body shape)
 
 
 def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
@@ -43,12 +44,20 @@ def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
 
 
 def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_samples: int = 3000, seed: int = 0,
-                     pose: int = 0) -> SizedAsset:
-    """``canonical``: the asset at unit size in the frame it will rest in (a posed canonical mesh)."""
+                     pose: int = 0, unit_extras: tuple | None = None) -> SizedAsset:
+    """``canonical``: the asset at unit size in the frame it will rest in (a posed canonical mesh).
+
+    ``unit_extras``: (samples, centre of mass, hull vertices) already computed at unit size; they
+    scale with the mesh, so a cache can reuse them for every size.
+    """
     mesh = canonical.copy()
     mesh.apply_scale(size)
-    samples, com = samples_and_com(mesh, n_samples, seed)
-    return SizedAsset(uid, size, mesh, build_bvh(mesh), samples, com, pose)
+    if unit_extras is None:
+        samples, com = samples_and_com(mesh, n_samples, seed)
+        hull = np.asarray(mesh.convex_hull.vertices)
+    else:
+        samples, com, hull = (np.asarray(x, dtype=np.float64) * size for x in unit_extras)
+    return SizedAsset(uid, size, mesh, build_bvh(mesh), samples, com, pose, hull)
 
 
 def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

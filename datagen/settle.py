@@ -67,6 +67,7 @@ class Body:
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
     support: int = 0  # 0 = floor, else the 1-based index of an earlier body
     size: float = 1.0
+    hull: np.ndarray | None = field(default=None, repr=False)  # convex hull vertices, local frame
 
 
 @dataclass
@@ -114,9 +115,9 @@ class _World:
     def hull_shape(self, body: Body) -> int:
         key = ("hull", body.key)
         if key not in self.shapes:
-            hull = body.mesh.convex_hull
+            hull = body.hull if body.hull is not None else body.mesh.convex_hull.vertices
             self.shapes[key] = self.pb.createCollisionShape(
-                self.pb.GEOM_MESH, vertices=(hull.vertices - body.com).tolist(), physicsClientId=self.cid)
+                self.pb.GEOM_MESH, vertices=(np.asarray(hull) - body.com).tolist(), physicsClientId=self.cid)
         return self.shapes[key]
 
     def mesh_shape(self, body: Body) -> int:
@@ -203,22 +204,23 @@ def _simulate(world: _World, body: Body, support: Body | None, cfg: SettleConfig
     return rot, np.asarray(pos) - rot @ body.com, steps
 
 
-def rest_on_floor(mesh: trimesh.Trimesh, com: np.ndarray, cfg: SettleConfig = SettleConfig(), max_steps: int = 1200) -> np.ndarray:
-    """Rotation at which ``mesh`` (lowest point at z = 0) actually comes to rest on a floor.
+def rest_on_floor(hull_vertices: np.ndarray, com: np.ndarray, cfg: SettleConfig = SettleConfig(), max_steps: int = 1200) -> np.ndarray:
+    """Rotation at which a body with this convex hull and centre of mass comes to rest on a floor.
 
     Resting poses from ``trimesh.poses.compute_stable_poses`` are facets of a simplified hull, a
     few degrees off the real equilibrium; an asset dropped in such a pose rocks into its true rest
     and may move beyond the settling tolerance. Dropping it once here (per asset and pose, cached by
-    the layout) gives poses that scene settling barely changes. Returns the identity when the
-    drop does not come to rest.
+    the layout) gives poses that scene settling barely changes. Returns the identity when the drop
+    does not come to rest.
     """
     world = _world()
     world.configure(cfg)
-    size = float(np.max(mesh.extents))
-    body = Body(("floor-rest", id(mesh)), mesh, np.asarray(com, dtype=np.float64), None, np.eye(3), np.array([0.0, 0.0, 1e-3 * size]), 0, size)
-    shape = world.pb.createCollisionShape(world.pb.GEOM_MESH, vertices=(mesh.convex_hull.vertices - body.com).tolist(),
-                                          physicsClientId=world.cid)
-    dyn = world.add(shape, 1.0, body.rot, body.com + body.t, cfg, size)
+    hull = np.asarray(hull_vertices, dtype=np.float64)
+    com = np.asarray(com, dtype=np.float64)
+    size = float(np.max(np.ptp(hull, axis=0)))
+    shape = world.pb.createCollisionShape(world.pb.GEOM_MESH, vertices=(hull - com).tolist(), physicsClientId=world.cid)
+    start = com + np.array([0.0, 0.0, 1e-3 * size - hull[:, 2].min()])
+    dyn = world.add(shape, 1.0, np.eye(3), start, cfg, size)
     try:
         calm = 0
         for _ in range(max_steps):
@@ -288,7 +290,7 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
         if touching != [body.support]:
             raise SettleError(f"instance {i} rests on {touching or 'nothing'} after settling, not on {body.support}")
         objs.append(obj)
-        settled.append(Body(body.key, body.mesh, body.com, body.bvh, rot, t, body.support, body.size))
+        settled.append(Body(body.key, body.mesh, body.com, body.bvh, rot, t, body.support, body.size, body.hull))
         out.rot.append(rot)
         out.t.append(t)
         out.support.append(touching[0])

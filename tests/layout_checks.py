@@ -100,3 +100,59 @@ def check_scene(spec: dict, meshes: list[trimesh.Trimesh] | None = None) -> list
             if not inside.all():
                 errors.append(f"camera {c}: instance {i + 1} leaves the frame")
     return errors
+
+
+REST_GAP_MAX = 0.001  # an instance at rest touches its support: lowest gap at most 1 mm
+REST_BAND = 0.001  # points within 1 mm above the lowest gap form the contact region
+MIN_CONTACT_AREA = 1e-7  # m^2 of contact hull: three non-collinear points (or a face), not an edge
+
+
+def _contact_region(m: trimesh.Trimesh, support: trimesh.Trimesh | None, n: int = 6000) -> tuple[np.ndarray, float]:
+    """(contact points, lowest gap): surface samples within REST_BAND of the closest approach to
+    the support (the floor z = 0 when ``support`` is None), by exact point-to-mesh distance."""
+    pts, _ = trimesh.sample.sample_surface(m, n, seed=3)
+    pts = np.vstack([pts, m.vertices])
+    if support is None:
+        d = pts[:, 2]
+    else:
+        near = pts[pts[:, 2] <= pts[:, 2].min() + 0.25 * np.ptp(pts[:, 2]) + 0.01]  # only a lower part can touch
+        _, d, _ = trimesh.proximity.closest_point(support, near)
+        pts = near
+    return pts[d <= d.min() + REST_BAND], float(d.min())
+
+
+def check_at_rest(spec: dict, meshes: list[trimesh.Trimesh] | None = None) -> list[str]:
+    """Physical rest of a settled scene, from the spec and the asset files alone.
+
+    Every instance: nothing penetrates (no two meshes intersect, nothing below the floor); it
+    touches what ``support`` names (lowest gap <= 1 mm); its contact region (points within 1 mm of
+    that) spans an area (>= 3 non-collinear points or a face), and its centre of mass projects
+    inside the region's convex hull.
+    """
+    meshes = meshes or world_meshes(spec)
+    objs = [_fcl(m) for m in meshes]
+    errors = []
+    for i in range(len(meshes)):
+        if meshes[i].bounds[0, 2] < -1e-6:
+            errors.append(f"instance {i + 1} penetrates the floor by {-meshes[i].bounds[0, 2] * 1000:.2f} mm")
+        for j in range(i + 1, len(meshes)):
+            if fcl.collide(objs[i], objs[j], fcl.CollisionRequest(), fcl.CollisionResult()):
+                errors.append(f"instances {i + 1} and {j + 1} penetrate each other")
+    for i, inst in enumerate(spec["instances"]):
+        sup = inst["support"]
+        contact, gap = _contact_region(meshes[i], meshes[sup - 1] if sup else None)
+        if gap > REST_GAP_MAX:
+            errors.append(f"instance {i + 1} hovers {gap * 1000:.2f} mm above its support {sup}")
+            continue
+        com = _com(meshes[i])
+        try:
+            hull = ConvexHull(contact[:, :2])
+            area = float(hull.volume)  # 2-D hull: volume is the area
+            inside = Delaunay(contact[hull.vertices, :2]).find_simplex(com[:2]) >= 0
+        except Exception:  # fewer than 3 points, or all collinear
+            area, inside = 0.0, False
+        if area < MIN_CONTACT_AREA:
+            errors.append(f"instance {i + 1} touches its support on a point or an edge only (contact area {area:.1e} m^2)")
+        elif not inside:
+            errors.append(f"instance {i + 1} not at rest: centre of mass outside its contact region")
+    return errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,25 @@ def test_layout_cli_one_bad_scene_costs_that_scene(tmp_path, monkeypatch):
     usage = json.loads((tmp_path / "l.jsonl.assets.json").read_text())
     assert len(usage) == 12 and all(r["scenes"] > 0 or r["excluded"] for r in usage.values())
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_every_shared_asset_appears_in_200_scenes_or_is_excluded_with_reason(shared_assets, tmp_path):
+    """Issue 14: none silently excluded. Catalog rejects and layout exclusions carry reasons."""
+    from datagen.cli import main
+
+    cat = tmp_path / "cat"
+    build_catalog("dir", cat, inputs=shared_assets, progress=False)
+    rejects = [json.loads(x) for x in (cat / "rejects.jsonl").read_text().splitlines() if x.strip()]
+    assert all(r["reason"] for r in rejects)
+    out = tmp_path / "l.jsonl"
+    assert main(["layout", "--assets", str(cat), "--n", "200", "--seed", "8", "--out", str(out),
+                 "--views-per-scene", "1", "--resolution", "96", "--max-instances", "4"]) == 0
+    usage = json.loads((tmp_path / "l.jsonl.assets.json").read_text())
+    assert len(usage) == len(load_manifest(cat))
+    silent = [r["path"] for r in usage.values() if r["scenes"] == 0 and not r["excluded"]]
+    assert silent == []
+    used = sum(r["scenes"] > 0 for r in usage.values())
+    assert used >= 0.9 * len(usage), {r["path"]: r["excluded"] for r in usage.values() if r["scenes"] == 0}
+    names = {Path(r["path"]).name for r in usage.values() if r["scenes"] > 0}
+    assert {"bunny.ply", "monkey.glb", "SheenCloth.glb", "fuze.obj"} <= names  # never placed before stable poses
