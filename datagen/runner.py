@@ -23,7 +23,7 @@ from datagen.render import BlenderWorker, RenderCrash, RenderSettings
 from datagen.render.worker import RenderError
 from datagen.sample import FORMAT, MeshCache, SampleConfig, make_sample
 from datagen.shard_writer import done_record_path, read_done_record, write_shard
-from iscene_core.shards import config_sha256, write_dataset_json, write_json_atomic
+from iscene_core.shards import DatasetError, config_sha256, load_dataset_json, write_dataset_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +286,11 @@ def claim_output(cfg: RunConfig, overwrite: bool = False) -> None:
             previous = json.loads(run_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             previous = None  # written atomically, so only a hand edit breaks it; the done records decide
-    elif (out / "dataset.json").is_file():
+    elif (out / "dataset.json").is_file():  # a dataset made before run.json existed
         try:
-            info = json.loads((out / "dataset.json").read_text())
-            previous = {"identity": info.get("config"), "n": info.get("n", info.get("counts", {}).get("scenes_requested"))}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            info = load_dataset_json(out, check_format=False)
+            previous = {"identity": info.get("config"), "n": info.get("n", info["counts"].get("scenes_requested"))}
+        except DatasetError:
             previous = None
     # "_*" are the run's own caches (3D-FRONT conversion), ".*" its lock and temporary files
     foreign = [p.name for p in out.iterdir() if p.name not in OWNED and not p.name.startswith((".", "_"))] if out.is_dir() else []

@@ -38,15 +38,18 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_registry(tmp_path_factory) -> Path:
-    """Every test registers datasets in a temporary registry, never in the user's ~/.cache/iscene."""
+    """Every test registers datasets in a temporary registry and caches procedural catalogs in a
+    temporary folder: nothing is written to the user's ~/.cache/iscene."""
     path = tmp_path_factory.mktemp("registry") / "datasets.json"
-    old = os.environ.get("ISCENE_REGISTRY")
+    saved = {k: os.environ.get(k) for k in ("ISCENE_REGISTRY", "ISCENE_CACHE")}
     os.environ["ISCENE_REGISTRY"] = str(path)
+    os.environ["ISCENE_CACHE"] = str(tmp_path_factory.mktemp("iscene_cache"))
     yield path
-    if old is None:
-        os.environ.pop("ISCENE_REGISTRY", None)
-    else:
-        os.environ["ISCENE_REGISTRY"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -461,5 +461,7 @@ def test_help_imports_nothing_heavy(module, argv):
     assert "usage" in r.stdout
 
 
-def test_tests_use_a_temporary_registry():
-    assert not str(registry_path()).startswith(str(Path.home() / ".cache"))
+def test_tests_use_a_temporary_registry_and_cache():
+    home_cache = str(Path.home() / ".cache")
+    assert not str(registry_path()).startswith(home_cache)
+    assert not os.environ["ISCENE_CACHE"].startswith(home_cache)
