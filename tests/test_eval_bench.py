@@ -201,3 +201,83 @@ def test_cli_errors_are_one_line_exit_2(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         eval_main(["score", "--bench", str(bench), "--pred", str(bench / "gt"), "--protocol", "nope"])
     assert exc.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> dict:
+    """Random TRELLIS-layout weights and a tiny DINOv2, as tests/test_infer.py makes them."""
+    import torch
+
+    from iscene_core.trellis import SparseStructureDecoder, SparseStructureFlowModel
+    from tests.test_conditioning import _tiny_transformers_folder
+    from tests.test_infer import DEC_ARGS, FLOW_ARGS, _save
+
+    root = tmp_path_factory.mktemp("w")
+    ckpts = root / "weights" / "ckpts"
+    ckpts.mkdir(parents=True)
+    torch.manual_seed(0)
+    flow, dec = SparseStructureFlowModel(**FLOW_ARGS), SparseStructureDecoder(**DEC_ARGS)
+    with torch.no_grad():
+        for _, p in flow.named_parameters():
+            p.normal_(0, 0.05 if p.ndim > 1 else 0.02)
+        dec.out_layer[-1].bias.fill_(-0.3)
+    _save(flow, "ss_flow_img_dit_L_16l8_fp16", FLOW_ARGS, ckpts)
+    _save(dec, "ss_dec_conv3d_16l8_fp16", DEC_ARGS, ckpts)
+    (root / "weights" / "pipeline.json").write_text(json.dumps({"name": "TrellisImageTo3DPipeline", "args": {
+        "models": {"sparse_structure_flow_model": "ckpts/ss_flow_img_dit_L_16l8_fp16", "sparse_structure_decoder": "ckpts/ss_dec_conv3d_16l8_fp16"},
+        "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
+                                     "params": {"steps": 2, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}},
+        "image_cond_model": "dinov2_vitl14_reg"}}))
+    _tiny_transformers_folder(root / "dino", channels=32)
+    return {"weights": root / "weights", "dino": root / "dino"}
+
+
+@pytest.mark.slow  # ~100 s on a shared 2-core CPU (three predict runs of the tiny model)
+def test_predict_is_batched_resumable_and_scoreable(bench, tiny_weights, tmp_path):
+    small = tmp_path / "bench2"  # two scenes: CPU attention over 16^3 tokens per row is the cost here
+    assert eval_main(["make-bench", "--from", str(bench.parent / "ds"), "--out", str(small), "--n", "2", "--no-progress"]) == 0
+    bench = small
+    base = ["predict", "--bench", str(bench), "--weights", str(tiny_weights["weights"]), "--dinov2", str(tiny_weights["dino"]),
+            "--device", "cpu", "--steps", "1", "--cfg", "0", "--no-progress"]
+    b = load_bench(bench)
+    assert eval_main(base + ["--out", str(tmp_path / "p1"), "--batch-scenes", "1"]) == 0
+    assert eval_main(base + ["--out", str(tmp_path / "p3"), "--batch-scenes", "2"]) == 0
+    for s in b.scenes:  # a node per bench instance; batching does not change a scene's result
+        one, three = read_scene_glb(tmp_path / "p1" / f"{s.key}.glb"), read_scene_glb(tmp_path / "p3" / f"{s.key}.glb")
+        assert sorted(one) == s.instance_ids
+        v1, v3 = np.load(tmp_path / "p1" / f"{s.key}.npz"), np.load(tmp_path / "p3" / f"{s.key}.npz")
+        for name in v1.files:
+            a, c = {tuple(x) for x in v1[name]}, {tuple(x) for x in v3[name]}
+            assert len(a ^ c) <= 0.01 * max(1, len(a)), (s.key, name)
+    # resumable: a finished scene is kept, a removed one is redone
+    victim = tmp_path / "p1" / f"{b.scenes[0].key}.json"
+    kept_mtime = (tmp_path / "p1" / f"{b.scenes[1].key}.glb").stat().st_mtime_ns
+    victim.unlink()
+    assert eval_main(base + ["--out", str(tmp_path / "p1")]) == 0
+    assert victim.is_file() and (tmp_path / "p1" / f"{b.scenes[1].key}.glb").stat().st_mtime_ns == kept_mtime
+    assert json.loads((tmp_path / "p1" / "prediction.json").read_text())["frame"] == "grid"
+    # random weights give a poor but scoreable prediction
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(tmp_path / "p1"), "--points", "500", "--out", str(tmp_path / "ps"),
+                      "--no-progress"]) == 0
+    s = _scores(tmp_path / "ps")["protocols"]["iscene"]["summary"]
+    assert s["n_failed"] == 0 and s["f_s"] < 100.0
+    assert eval_main(base + ["--out", str(tmp_path / "p9"), "--weights", str(tmp_path / "nope")]) == 2
+
+
+def test_convert_per_instance_meshes_in_yup_metres(bench, tmp_path):
+    """Another system's output: one PLY per object, glTF +Y-up axes, metres; converts and scores perfectly."""
+    b = load_bench(bench)
+    src = tmp_path / "src"
+    from iscene_core.evaluation.layout import GLTF_FROM_OURS
+
+    for s in b.scenes:
+        (src / s.key).mkdir(parents=True)
+        for i, m in read_scene_glb(s.gt_glb).items():
+            m.copy().apply_transform(GLTF_FROM_OURS).export(src / s.key / f"object_{i}.ply")
+    assert eval_main(["convert", "--src", str(src), "--bench", str(bench), "--out", str(tmp_path / "conv"), "--frame", "view",
+                      "--axes", "yup", "--system", "other"]) == 0
+    assert eval_main(["score", "--bench", str(bench), "--pred", str(tmp_path / "conv"), "--points", "800", "--out", str(tmp_path / "cs"),
+                      "--no-progress"]) == 0
+    s = _scores(tmp_path / "cs")["protocols"]["iscene"]["summary"]
+    assert s["f_s"] == 100.0 and s["iou_b"] == pytest.approx(1.0, abs=1e-6) and s["cd_s"] < 1e-10
+    assert eval_main(["convert", "--src", str(tmp_path / "nope"), "--bench", str(bench), "--out", str(tmp_path / "c2")]) == 2
