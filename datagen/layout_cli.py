@@ -33,6 +33,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int_in(32, 8192, "--resolution"), default=518, help="image width = height in pixels (not voxels: see --grid)")
     p.add_argument("--min-instances", type=int_in(1, None, "--min-instances"), default=2, help="fewest instances placed in a random scene")
     p.add_argument("--max-instances", type=int_in(1, None, "--max-instances"), default=10, help="most instances placed in a random scene (the trainer's own cap is iscene-train --max-instances)")
+    p.add_argument("--exclude-assets", type=Path, default=None,
+                   help="file with one asset uid or sha256 per line (e.g. a bench's assets.txt): those assets are never placed")
 
 
 def procedural_catalog(n: int = 200, seed: int = 0) -> Path:
@@ -52,6 +54,15 @@ def random_source(args: argparse.Namespace):
     if args.min_instances < 1 or args.max_instances < args.min_instances:
         raise UsageError(f"--min-instances {args.min_instances} / --max-instances {args.max_instances}: need 1 <= min <= max")
     manifest = args.assets if args.assets else procedural_catalog(args.procedural_n)
+    if getattr(args, "exclude_assets", None) is not None:  # iscene-eval benches: keep their assets out of training sets
+        from assets_manifest import load_manifest
+
+        if not args.exclude_assets.is_file():
+            raise UsageError(f"--exclude-assets {args.exclude_assets}: file not found")
+        drop = {line.strip() for line in args.exclude_assets.read_text().splitlines() if line.strip()}
+        manifest = [r for r in load_manifest(manifest) if r.uid not in drop and r.sha256 not in drop]
+        if not manifest:
+            raise UsageError(f"--exclude-assets {args.exclude_assets}: excludes every asset of the catalog")
     cfg = LayoutConfig(min_instances=args.min_instances, max_instances=args.max_instances,
                        views_per_scene=args.views_per_scene, width=args.resolution, height=args.resolution)
     return RandomSceneSource(manifest, cfg, args.seed)

@@ -307,8 +307,14 @@ def make_bench(dataset: Path, out: Path, *, n: int | None = None, views: int = 1
 def _default_resolver(info: dict) -> AssetResolver:
     """No --assets: the built-in procedural catalog (what ``iscene-datagen --procedural`` uses), of the
     size the dataset was made with (its config lists the catalog's asset hashes)."""
+    import os
+
     from datagen.layout_cli import procedural_catalog
 
+    cache = Path(os.environ.get("ISCENE_CACHE", Path.home() / ".cache" / "iscene"))
+    found = sorted(p.parent for p in cache.glob("procedural_n*_s*/manifest.parquet"))
+    if found:  # every built-in catalog made so far (a dataset may use a subset of one: --exclude-assets)
+        return AssetResolver(found)
     n = len(((info.get("config") or {}).get("source_config") or {}).get("assets_sha256") or []) or 200
     return AssetResolver([Path(procedural_catalog(n))])
 
