@@ -6,12 +6,14 @@ negative condition is zeros of the same shape (``torch.zeros_like``). Instance i
 TRELLIS-style: alpha from the mask, the mask's box enlarged 1.2x around its centre (square), resized
 to 518 with Lanczos, RGB multiplied by alpha (black background).
 
-Weights load from local files only (no Hugging Face or torch.hub server is contacted):
-- a ``transformers`` folder (``config.json`` + weights) of ``Dinov2WithRegistersModel``. Its
+Weights load from local files only (no Hugging Face or torch.hub server is contacted), from a path
+the user gives (never silently from the user's torch.hub cache):
+- preferred: a ``transformers`` folder (``config.json`` + weights) of ``Dinov2WithRegistersModel``. Its
   ``hidden_states[-1]`` (with ``output_hidden_states=True``) is the last block's output before the
   final ``layernorm`` -- the same tensor as the hub model's ``x_prenorm``; ``last_hidden_state`` is
   the *normed* one and is not what TRELLIS uses;
-- the torch.hub cache layout: ``<hub>/facebookresearch_dinov2_main`` (the repo, with ``hubconf.py``)
+- the torch.hub cache layout -- which *executes the repo's hubconf.py*, so only for code the user
+  trusts (a warning is logged each time): ``<hub>/facebookresearch_dinov2_main`` (the repo, with ``hubconf.py``)
   and ``<hub>/checkpoints/dinov2_vitl14_reg4_pretrain.pth``. ``path`` may be the repo folder, the
   ``<hub>`` folder or ``$TORCH_HOME`` (which holds ``hub/``). The hub directory is pointed at
   ``<hub>`` while loading so the repo's own loader finds the checkpoint there instead of downloading.
@@ -19,6 +21,7 @@ Weights load from local files only (no Hugging Face or torch.hub server is conta
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,10 @@ class DinoConditioner(nn.Module):
             return cls(model, "transformers")
         repo = find_hub_repo(path)
         if repo is not None:
+            # torch.hub runs the repo's own Python: say so every time (docs: prefer the transformers layout)
+            logging.getLogger("iscene.conditioning").warning(
+                "DINOv2 from a torch.hub repo: running %s (Python code from that folder); a transformers folder avoids this",
+                repo / "hubconf.py")
             return cls(_load_hub(repo, hub_entry, hub_checkpoint), "hub")
         raise FileNotFoundError(
             f"{path}: not a DINOv2 folder (expected a transformers folder with config.json, or the torch.hub "
@@ -126,15 +133,20 @@ class DinoConditioner(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> pre-norm tokens, layer-normed without affine (B, L, C)."""
+        """(B, 3, S, S) in [0, 1] -> pre-norm tokens, layer-normed without affine (B, L, C), fp32.
+
+        Always computed in fp32 with any surrounding autocast switched off, so training (which runs
+        the flow under bf16 autocast) and inference see the same features for the same image.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode expects (B, 3, S, S) images, got {tuple(images.shape)}")
-        x = (images.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
-        if self.kind == "transformers":
-            tokens = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states[-1]
-        else:
-            tokens = self.backbone.forward_features(x)["x_prenorm"]
-        return F.layer_norm(tokens, tokens.shape[-1:])
+        with torch.autocast(device_type=self.mean.device.type, enabled=False):
+            x = (images.to(self.mean.device, torch.float32) - self.mean.float()) / self.std.float()
+            if self.kind == "transformers":
+                tokens = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+            else:
+                tokens = self.backbone.forward_features(x)["x_prenorm"]
+            return F.layer_norm(tokens.float(), tokens.shape[-1:])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images)

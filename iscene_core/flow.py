@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["sample_t", "group_t", "noisy_sample", "velocity_target", "flow_matching_loss", "time_grid", "euler_sample"]
+__all__ = ["sample_t", "group_t", "noisy_sample", "velocity_target", "flow_matching_loss", "loss_row_weights", "time_grid",
+           "euler_sample"]
 
 
 def sample_t(n: int, *, mean: float = 1.0, std: float = 1.0, generator: torch.Generator | None = None,
@@ -58,9 +59,13 @@ def flow_matching_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional flow-matching loss. Returns (mean over weighted rows, per-row MSE (B,)).
 
+    Shapes: ``x0`` (B, 8, 16, 16, 16) latents of B rows (scenes and instances), ``cond`` (B, L, C)
+    image tokens, ``scene_index`` (B,) long (row of each row's scene), ``t`` (B,) in (0, 1).
     ``t`` defaults to logit-normal samples, one per scene group when ``scene_index`` is given.
-    Condition dropout replaces a row's condition by ``neg_cond`` (zeros by default) with
-    probability ``p_uncond``, which is what classifier-free guidance needs at sampling time.
+    Condition dropout replaces conditions by ``neg_cond`` (zeros by default) with probability
+    ``p_uncond`` per *scene group*: a scene and all its instances lose their images together, the
+    joint state the guided sampler's unconditional pass uses (``euler_sample`` makes every row
+    unconditional at once). Without ``scene_index`` each row is its own group.
     """
     b = x0.shape[0]
     device = x0.device
@@ -69,7 +74,7 @@ def flow_matching_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
     if p_uncond > 0:
-        drop = torch.rand(b, generator=generator, device=device) < p_uncond
+        drop = group_t(torch.rand(b, generator=generator, device=device) < p_uncond, scene_index)  # the scene row's draw
         uncond = torch.zeros_like(cond) if neg_cond is None else neg_cond.expand_as(cond)
         cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), uncond, cond)
     x_t = noisy_sample(x0, noise, t, sigma_min)
@@ -79,6 +84,27 @@ def flow_matching_loss(
         return per_row.mean(), per_row
     w = row_weight.to(per_row.dtype)
     return (per_row * w).sum() / w.sum().clamp_min(1e-12), per_row
+
+
+def loss_row_weights(is_scene: torch.Tensor, scene_index: torch.Tensor, mode: str = "groups",
+                     scene_weight: float = 0.5) -> torch.Tensor:
+    """Per-row loss weights (B,) for rows made of scene groups.
+
+    ``groups``: every scene group weighs 1 in total: its scene row ``scene_weight`` and its instance
+    rows share ``1 - scene_weight`` equally (a group without instances gives its scene the whole 1),
+    so a scene with six instances counts as much as one with a single instance. ``rows``: every row
+    weighs 1. Normalise by the weights' sum over the *global* batch so that data-parallel ranks
+    with fewer rows do not weigh more (see ``train.trainer``).
+    """
+    if mode == "rows":
+        return torch.ones(is_scene.shape[0], device=is_scene.device)
+    if mode != "groups":
+        raise ValueError(f"loss weighting must be 'groups' or 'rows', got {mode!r}")
+    n_inst = torch.zeros(is_scene.shape[0], device=is_scene.device).index_add_(
+        0, scene_index, (~is_scene).float())  # instances per scene row
+    inst_w = (1 - scene_weight) / n_inst[scene_index].clamp_min(1)
+    scene_w = torch.where(n_inst > 0, torch.full_like(n_inst, scene_weight), torch.ones_like(n_inst))
+    return torch.where(is_scene, scene_w, inst_w)
 
 
 def time_grid(steps: int, rescale_t: float = 1.0) -> np.ndarray:

@@ -23,25 +23,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-
 __all__ = ["InferenceError", "build_parser", "load_inputs", "sample_scene", "GRID_TO_GLTF", "main"]
 
 log = logging.getLogger("iscene-infer")
 
 # Node transform from the view grid (x right, y forward, z up) to glTF's +Y-up frame (x right,
 # y up, z toward the viewer): (x, y, z) -> (x, z, -y). Vertex data stays in grid coordinates.
-GRID_TO_GLTF = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+# (A tuple, so that importing this module for --help needs neither numpy nor torch.)
+GRID_TO_GLTF = ((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, -1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
 class InferenceError(RuntimeError):
     """Bad input for iscene-infer (missing file, size mismatch, incompatible weights): exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every iscene tool
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iscene-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="iscene-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, help="RGB image of the scene (PNG/JPEG)")
     p.add_argument("--masks", type=Path, required=True, help="instance-id mask: single-channel PNG, same size as IMAGE, 0 = background")
     p.add_argument("--weights", type=Path, required=True, help="TRELLIS-image-large folder (pipeline.json + ckpts/) or a fine-tuned one in that layout")
@@ -50,19 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuned flow weights (.safetensors state dict, e.g. an iscene-train checkpoint's ema.safetensors) "
                         "loaded strictly into the flow model that --weights configures")
     p.add_argument("--dinov2", type=Path, default=None,
-                   help="local DINOv2 ViT-L/14-reg: transformers folder, or torch.hub layout (repo folder, <hub> folder or "
-                        "$TORCH_HOME). Default: torch.hub's cache dir")
+                   help="local DINOv2 ViT-L/14-reg (required): a transformers folder (preferred), or a torch.hub layout (repo "
+                        "folder, <hub> folder or $TORCH_HOME) -- loading that RUNS the repo's hubconf.py, so only point it at code "
+                        "you trust. The torch.hub cache is never used unless named here")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: pipeline.json, 25 released)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength (default: pipeline.json, 5.0 released)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, so a seed gives the same noise on any device)")
     p.add_argument("--no-sca", action="store_true", help="sample every instance independently, as plain TRELLIS (ablation)")
     p.add_argument("--stage2", action="store_true", help="also run upstream TRELLIS stage 2 per instance (needs the trellis package)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; on a CPU the released "
+                                                  "fp16 weights are run in fp32, ~60x faster there)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback when the run fails")
     return p
 
 
 def load_inputs(image: Path, masks: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """RGB uint8 (H, W, 3), instance ids int64 (H, W) and the sorted non-zero ids, with clear errors."""
+    import numpy as np
+
+    from PIL import Image
+
     for path, flag in ((image, "IMAGE"), (masks, "--masks")):
         if not Path(path).is_file():
             raise InferenceError(f"{flag} {path}: file not found")
@@ -103,6 +113,8 @@ def sample_scene(
     drawn on the CPU from ``seed`` so a seed reproduces across devices. With ``sca=False`` the
     instances are sampled as plain TRELLIS (the scene row is then unused by them).
     """
+    import torch
+
     from iscene_core.flow import euler_sample
 
     device = cond.device
@@ -155,6 +167,11 @@ def _run_stage2(weights: Path, crops: torch.Tensor, voxels: dict[str, np.ndarray
     Only runs where the upstream ``trellis`` package (CUDA extensions) is importable; this code path
     is not exercised on the project's CPU machines.
     """
+    import numpy as np
+
+    import torch
+    from PIL import Image
+
     try:
         from trellis.pipelines import TrellisImageTo3DPipeline
         from trellis.utils import postprocessing_utils
@@ -181,8 +198,36 @@ def _run_stage2(weights: Path, crops: torch.Tensor, voxels: dict[str, np.ndarray
     return written
 
 
+def write_empty_nodes_glb(path: Path, names: list[str], transform) -> dict[str, int]:
+    """A valid GLB holding one empty node per name (every instance decoded empty), written atomically.
+
+    glTF 2.0 allows nodes without meshes; the file is the 12-byte GLB header plus one JSON chunk.
+    """
+    matrix = [float(transform[r][c]) for c in range(4) for r in range(4)]  # glTF matrices are column-major
+    gltf = {"asset": {"version": "2.0", "generator": "iscene-infer"}, "scene": 0,
+            "scenes": [{"nodes": list(range(len(names)))}], "nodes": [{"name": n, "matrix": matrix} for n in names]}
+    body = json.dumps(gltf, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 4)
+    data = b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
+    data += len(body).to_bytes(4, "little") + b"JSON" + body
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for n in names:
+        log.warning("%s: decoder predicts no occupied voxel; writing an empty node", n)
+    return {n: 0 for n in names}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole CLI after argument parsing; returns the report written to ``OUT.json``."""
+    import numpy as np
+
+    import torch
+
     from iscene_core.conditioning import DinoConditioner, crop_instance, crop_scene
     from iscene_core.mesh_export import export_scene, save_voxels
     from iscene_core.trellis import load_pipeline
@@ -190,15 +235,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rgb, id_map, ids = load_inputs(args.image, args.masks)
     if args.out.suffix.lower() != ".glb":
         raise InferenceError(f"--out {args.out}: expected a .glb path")
-    device = torch.device(args.device)
+    if args.dinov2 is None:
+        raise InferenceError("--dinov2 is required: a local DINOv2 ViT-L/14-reg transformers folder (preferred), or a torch.hub "
+                             "repo/cache you trust (e.g. --dinov2 \"$TORCH_HOME/hub\"; that runs its hubconf.py)")
+    if not args.dinov2.exists():
+        raise InferenceError(f"--dinov2 {args.dinov2}: no such folder")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        pipe = load_pipeline(args.weights, device=device)
+        # fp16 kernels on a CPU are ~60x slower than fp32 (decoder 80 s vs 1.2 s): run the released weights in fp32 there
+        pipe = load_pipeline(args.weights, device=device, use_fp16=False if device.type == "cpu" else None)
     except (FileNotFoundError, ValueError) as exc:
         raise InferenceError(f"--weights: {exc}") from None
     flow, decoder = pipe["flow"].eval(), pipe["decoder"].eval()
     if args.flow_weights is not None:
         _load_flow_weights(flow, args.flow_weights)
-    dino_path = args.dinov2 if args.dinov2 is not None else Path(torch.hub.get_dir())
+    dino_path = args.dinov2
     try:
         cond_model = DinoConditioner.from_pretrained(dino_path).to(device)
     except (FileNotFoundError, ValueError) as exc:
@@ -214,13 +265,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _, logits = sample_scene(flow, decoder, cond, params, seed=args.seed, sca=not args.no_sca, progress=sys.stderr.isatty())
 
     names = ["scene"] + [f"instance_{i}" for i in ids]
-    faces = export_scene({name: logits[k] for k, name in enumerate(names) if k > 0}, args.out, node_transform=GRID_TO_GLTF)
+    inst_logits = {name: logits[k] for k, name in enumerate(names) if k > 0}
+    if any((v > 0).any() for v in inst_logits.values()):
+        faces = export_scene(inst_logits, args.out, node_transform=np.array(GRID_TO_GLTF))
+    else:  # trimesh refuses to export a scene without geometry: write the empty nodes ourselves
+        faces = write_empty_nodes_glb(args.out, list(inst_logits), GRID_TO_GLTF)
     voxels = {name: np.argwhere(logits[k] > 0).astype(np.uint8) for k, name in enumerate(names)}
     save_voxels(args.out.with_suffix(".npz"), voxels)
     report: dict[str, Any] = {
         "image": str(args.image), "masks": str(args.masks), "weights": str(args.weights),
         "flow_weights": None if args.flow_weights is None else str(args.flow_weights), "dinov2": str(dino_path),
-        "instances": ids, "sca": not args.no_sca, "seed": args.seed,
+        "instances": ids, "sca": not args.no_sca, "seed": args.seed, "device": str(device),
+        "flow_dtype": str(flow.dtype).replace("torch.", ""), "decoder_dtype": str(decoder.dtype).replace("torch.", ""),
         "mask_pixels": {f"instance_{i}": int((id_map == i).sum()) for i in ids},
         "faces": faces, "voxels": {k: int(len(v)) for k, v in voxels.items()},
         "sampler": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
@@ -234,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad arguments or inputs (one line), 1 the run failed (one line; --debug: traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if args.stage2:
@@ -247,7 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     except InferenceError as exc:
         print(f"iscene-infer: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"iscene-infer: failed: {type(exc).__name__}: {first} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     empty = [k for k, v in report["faces"].items() if v == 0]
+    if empty:
+        log.warning("%d of %d instances decoded empty (%s): their nodes are empty", len(empty), len(report["faces"]), ", ".join(empty))
     print(f"{args.out}: {len(report['faces'])} instance nodes ({len(empty)} empty); voxels in {args.out.with_suffix('.npz')}")
     return 0
 

@@ -30,6 +30,8 @@ __all__ = [
     "SparseStructureDecoder",
     "SparseStructureFlowModel",
     "MODEL_CLASSES",
+    "FLOW_PRESETS",
+    "build_flow",
     "build_model",
     "load_model",
     "load_pipeline",
@@ -472,6 +474,24 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
+# Named flow sizes for runs from scratch. "L" is the released TRELLIS-image-large stage-1 flow (24 blocks of
+# 1024 channels, 16 heads, 1024-channel DINOv2 ViT-L tokens); "tiny" uses 2x2x2 patches (512 tokens) so CPU
+# tests and smoke runs take seconds per step. Every preset shares the released latent layout (8 x 16^3).
+FLOW_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(model_channels=64, num_blocks=2, num_heads=4, cond_channels=32, patch_size=2),
+    "small": dict(model_channels=256, num_blocks=6, num_heads=4, cond_channels=1024, patch_size=1),
+    "L": dict(model_channels=1024, num_blocks=24, num_heads=16, cond_channels=1024, patch_size=1),
+}
+FLOW_COMMON = dict(resolution=16, in_channels=8, out_channels=8, pe_mode="ape", qk_rms_norm=True, mlp_ratio=4)
+
+
+def build_flow(preset: str, **overrides: Any) -> "SparseStructureFlowModel":
+    """A freshly initialised flow transformer of a named size (see ``FLOW_PRESETS``)."""
+    if preset not in FLOW_PRESETS:
+        raise ValueError(f"unknown model size {preset!r}; expected one of {sorted(FLOW_PRESETS)}")
+    return SparseStructureFlowModel(**{**FLOW_COMMON, **FLOW_PRESETS[preset], **overrides})
+
+
 def build_model(name: str, args: dict[str, Any], **overrides: Any) -> nn.Module:
     """Construct a model from an upstream checkpoint config ``{"name", "args"}``."""
     if name not in MODEL_CLASSES:
@@ -502,12 +522,16 @@ def load_model(prefix: str | Path, *, device: str | torch.device = "cpu", **over
 STAGE1_KEYS = ("sparse_structure_flow_model", "sparse_structure_decoder", "sparse_structure_encoder")
 
 
-def load_pipeline(folder: str | Path, *, device: str | torch.device = "cpu", **flow_overrides: Any) -> dict[str, Any]:
+def load_pipeline(folder: str | Path, *, device: str | torch.device = "cpu", use_fp16: bool | None = None,
+                  **flow_overrides: Any) -> dict[str, Any]:
     """Stage-1 models and sampler settings of a downloaded ``TRELLIS-image-large`` folder.
 
     Returns ``{"flow", "decoder", "encoder" (None if absent), "sampler": {...}, "image_cond_model"}``.
     The encoder is not listed in upstream's pipeline.json (inference does not need it); it is
     loaded from ``ckpts/ss_enc_conv3d_16l8_fp16`` when that file pair exists.
+    ``use_fp16`` overrides the released ``use_fp16`` of all three models (None = as released):
+    ``False`` gives fp32 everywhere, which training needs (fp32 master weights) and a CPU needs
+    (fp16 convolutions on a CPU are ~60x slower than fp32).
     """
     folder = Path(folder)
     pipe_path = folder / "pipeline.json"
@@ -519,14 +543,15 @@ def load_pipeline(folder: str | Path, *, device: str | torch.device = "cpu", **f
     for key in ("sparse_structure_flow_model", "sparse_structure_decoder"):
         if key not in models:
             raise ValueError(f"{pipe_path}: args.models has no {key!r}")
+    precision = {} if use_fp16 is None else {"use_fp16": use_fp16}
     out: dict[str, Any] = {
-        "flow": load_model(folder / models["sparse_structure_flow_model"], device=device, **flow_overrides),
-        "decoder": load_model(folder / models["sparse_structure_decoder"], device=device),
+        "flow": load_model(folder / models["sparse_structure_flow_model"], device=device, **{**precision, **flow_overrides}),
+        "decoder": load_model(folder / models["sparse_structure_decoder"], device=device, **precision),
         "encoder": None,
     }
     enc = models.get("sparse_structure_encoder", "ckpts/ss_enc_conv3d_16l8_fp16")
     if Path(f"{folder / enc}.json").is_file():
-        out["encoder"] = load_model(folder / enc, device=device)
+        out["encoder"] = load_model(folder / enc, device=device, **precision)
     sampler = args.get("sparse_structure_sampler", {})
     out["sampler"] = {**sampler.get("args", {}), **sampler.get("params", {})}
     out["image_cond_model"] = args.get("image_cond_model", "dinov2_vitl14_reg")

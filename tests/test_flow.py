@@ -113,3 +113,28 @@ def test_joint_sampling_with_guidance_equals_separate_branches_and_groups():
 
     second = euler_sample(model, noise[3:], cond[3:], None, scene_index=torch.tensor([0, 0]), **kw)["samples"]
     assert torch.allclose(joint[3:], second, atol=1e-5)
+
+
+def test_condition_dropout_drops_whole_scene_groups():
+    """The guided sampler's unconditional pass drops the scene and all its instances together; training
+    must visit that joint state with probability p_uncond per group (per-row dropout visits it ~p^7)."""
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, cond, scene_index=None):
+            seen["dropped"] = (cond == 0).flatten(1).all(dim=1)
+            return torch.zeros_like(x)
+
+    groups, size, p = 400, 7, 0.3  # a scene + 6 instances, as in I-Scene's training groups
+    si = torch.arange(groups).repeat_interleave(size) * size
+    x0 = torch.zeros(groups * size, 1, 2, 2, 2)
+    cond = torch.ones(groups * size, 3, 4)
+    flow_matching_loss(Recorder(), x0, cond, scene_index=si, p_uncond=p, generator=torch.Generator().manual_seed(0))
+    per_group = seen["dropped"].view(groups, size)
+    partial = (per_group.any(1) & ~per_group.all(1)).sum().item()
+    joint = per_group.all(1).float().mean().item()
+    assert partial == 0  # never a scene without its instances, or the reverse
+    assert abs(joint - p) < 4 * (p * (1 - p) / groups) ** 0.5, joint
+    # without scene groups every row is its own group
+    flow_matching_loss(Recorder(), x0, cond, p_uncond=p, generator=torch.Generator().manual_seed(0))
+    assert 0 < seen["dropped"].float().mean().item() < 1 and per_group.numel() == seen["dropped"].numel()

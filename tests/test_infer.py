@@ -171,18 +171,63 @@ def test_help_explains_the_inputs(capsys):
         assert word in text
 
 
-def test_default_dinov2_is_the_torch_hub_cache(setup, tmp_path, monkeypatch, capsys):
-    """Without --dinov2 the conditioner comes from torch.hub's cache ($TORCH_HOME/hub)."""
+def test_missing_dinov2_is_an_error_not_the_hub_cache(setup, tmp_path, monkeypatch, capsys):
+    """Without --dinov2 nothing is loaded from torch.hub's cache (that would run its hubconf.py silently)."""
     from tests.test_conditioning import _tiny_hub_layout
 
-    _tiny_hub_layout(tmp_path / "th")  # a 16-channel tiny ViT; this flow model wants 32
+    _tiny_hub_layout(tmp_path / "th")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     argv = _args(setup, tmp_path / "x.glb")
     i = argv.index("--dinov2")
     del argv[i:i + 2]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"--dinov2 {tmp_path / 'th' / 'hub'} gives 16-channel tokens" in err
+    assert "--dinov2 is required" in err and "hubconf.py" in err and str(tmp_path / "th") not in err
+    assert not (tmp_path / "x.glb").exists()
+
+
+def _fp16_folder(setup, dst: Path) -> Path:
+    """The setup's weights with ``use_fp16: true`` in the model configs, as released."""
+    import shutil
+
+    shutil.copytree(setup["weights"], dst)
+    for f in (dst / "ckpts").glob("*.json"):
+        cfg = json.loads(f.read_text())
+        cfg["args"]["use_fp16"] = True
+        f.write_text(json.dumps(cfg))
+    return dst
+
+
+def test_cpu_runs_released_fp16_weights_in_fp32(setup, tmp_path):
+    fp16 = _fp16_folder(setup, tmp_path / "fp16")
+    assert main(_args(setup, tmp_path / "a.glb", weights=fp16)) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["flow_dtype"] == "float32" and report["decoder_dtype"] == "float32"
+    assert main(_args(setup, tmp_path / "b.glb")) == 0  # the same weights declared fp32
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_instances_that_decode_empty_give_empty_nodes_and_a_warning(setup, tmp_path, caplog):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    w = tmp_path / "empty"
+    shutil.copytree(setup["weights"], w)
+    dec = w / "ckpts" / "ss_dec_conv3d_16l8_fp16.safetensors"
+    state = load_file(str(dec))
+    state["out_layer.2.bias"] = torch.full_like(state["out_layer.2.bias"], -1e4)  # every voxel empty
+    save_file(state, str(dec))
+    with caplog.at_level("WARNING"):
+        assert main(_args(setup, tmp_path / "e.glb", weights=w)) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["faces"]) == {"instance_1", "instance_2", "instance_700"} and not any(report["faces"].values())
+    assert "3 of 3 instances decoded empty" in caplog.text
+    vox = np.load(tmp_path / "e.npz")
+    assert all(len(vox[k]) == 0 for k in vox.files)
+    scene = trimesh.load(tmp_path / "e.glb", force="scene")  # a valid GLB with the three empty nodes
+    assert {"instance_1", "instance_2", "instance_700"} <= set(scene.graph.nodes)
 
 
 def test_flow_weights_override_from_a_training_checkpoint(setup, tmp_path, capsys):

@@ -1,11 +1,12 @@
 """Fine-tune TRELLIS's sparse-structure flow transformer with Scene Context Attention.
 
-Read top to bottom: setup -> models -> data -> loop (rows, latents, condition, loss, step, EMA,
-log, checkpoint). Each batch holds B scenes; they become rows ``[scene_b, its instances...]`` with
-``scene_index`` pointing each instance at its scene's row, so one forward pass trains the scene
-branch and every instance branch with shared weights (SCA lets instances attend to their scene).
-One t is drawn per scene group: a scene and its instances sit at the same noise level, as in joint
-sampling at inference.
+Read top to bottom: setup -> one step's named parts -> ``train()``, whose loop is
+rows -> latents -> condition -> loss -> step -> EMA -> log -> checkpoint. Each batch holds B
+scenes; they become rows ``[scene_b, its instances...]`` with ``scene_index`` pointing each
+instance at its scene's row, so one forward pass trains the scene branch and every instance branch
+with shared weights (SCA lets instances attend to their scene). One t and one condition-dropout
+draw per scene group: a scene and its instances sit at the same noise level and lose their images
+together, as in joint guided sampling at inference.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import copy
 import json
 import math
 import os
+import sys
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from iscene_core.flow import euler_sample, flow_matching_loss
-from iscene_core.trellis import (SparseStructureDecoder, SparseStructureEncoder, SparseStructureFlowModel, load_model,
-                                 load_pipeline)
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.config import MODEL_SIZES, TrainConfig
+from iscene_core.flow import euler_sample, flow_matching_loss, loss_row_weights
+from iscene_core.shards import FolderLock
+from train.checkpoint import (latest_checkpoint, load_weights, prepare_run_dir, read_resume, restore_rng, rng_state,
+                              save_checkpoint)
+from train.config import TrainConfig
 from train.data import DataConfig, build_loader
+from train.models import build_encoder, build_models, encode_latents, encoder_id, tiny_dinov2  # noqa: F401 (re-export)
 
 # ------------------------------------------------------------------------------------- setup --
 
@@ -47,74 +51,120 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def tiny_dinov2(channels: int, image_size: int, seed: int = 0):
-    """A small random DINOv2-with-registers (for tests and smoke runs without downloaded weights)."""
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-    from iscene_core.conditioning import DinoConditioner
-
-    torch.manual_seed(seed)
-    cfg = Dinov2WithRegistersConfig(hidden_size=channels, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * channels,
-                                    patch_size=14, image_size=image_size, num_register_tokens=4)
-    return DinoConditioner(Dinov2WithRegistersModel(cfg), "transformers")
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
-def build_models(cfg: TrainConfig, device: torch.device):
-    """(flow, encoder, decoder, conditioner); flow weights stay fp32 (autocast does bf16)."""
-    if cfg.init:
-        # fp32 master weights: fine-tuning the released fp16 weights directly gave NaNs upstream
-        pipe = load_pipeline(cfg.init, use_fp16=False)
-        flow, decoder, encoder = pipe["flow"], pipe["decoder"], pipe["encoder"]
-        if encoder is None and cfg.encoder:
-            encoder = load_model(cfg.encoder)
-        if encoder is None:
-            raise FileNotFoundError(f"{cfg.init}: no ckpts/ss_enc_conv3d_16l8_fp16.* and no --encoder given; the encoder makes training latents")
-    else:
-        torch.manual_seed(cfg.seed)
-        size = MODEL_SIZES[cfg.model_size]
-        flow = SparseStructureFlowModel(resolution=16, in_channels=8, out_channels=8, pe_mode="ape",
-                                        qk_rms_norm=True, mlp_ratio=4, **size)
-        vae = dict(latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1)
-        encoder = load_model(cfg.encoder) if cfg.encoder else SparseStructureEncoder(in_channels=1, channels=[8, 16, 32], **vae)
-        decoder = SparseStructureDecoder(out_channels=1, channels=[32, 16, 8], **vae)
-    if cfg.dinov2:
-        from iscene_core.conditioning import DinoConditioner
+def _gather(obj, world: int) -> list:
+    """Every rank's ``obj`` on every rank (a list in rank order); ``[obj]`` without DDP."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
-        cond = DinoConditioner.from_pretrained(cfg.dinov2)
-    elif cfg.init is None and cfg.model_size == "tiny":
-        cond = tiny_dinov2(flow.blocks[0].cross_attn.to_kv.in_features, cfg.image_size, cfg.seed)
-    else:
-        raise ValueError("--dinov2 PATH is required (a local DINOv2 ViT-L/14-reg: transformers folder or torch.hub repo)")
-    flow.sca_enabled = cfg.sca
-    flow.use_checkpoint = cfg.grad_checkpointing
-    for m in (encoder, decoder, cond):
-        m.eval().requires_grad_(False)
-    return flow.to(device), encoder.to(device), decoder.to(device), cond.to(device)
+
+def choose_latents(cfg: TrainConfig, encoder: torch.nn.Module) -> tuple[str, str | None]:
+    """("cache", id) when training reads cached latents, else ("encode", None), per ``--latents``."""
+    if cfg.latents == "encode":
+        return "encode", None
+    from train.data import check_sources
+    from train.latent_cache import missing_caches
+
+    eid = encoder_id(encoder)
+    missing = missing_caches(check_sources(cfg.mix), cfg.space, eid)
+    if not missing:
+        return "cache", eid
+    if cfg.latents == "cache":
+        raise FileNotFoundError(f"--latents cache: {len(missing)} shard(s) have no latent cache for this encoder ({eid}), e.g. "
+                                f"{missing[0]}; run `iscene-train cache-latents --mix {cfg.mix}` with the same model flags")
+    return "encode", None
 
 
 # ---------------------------------------------------------------------------------- one step --
 
 
-def batch_to_rows(batch: dict, device: torch.device):
-    """Scenes and their valid instances as rows: occupancy, images, scene_index, is_scene."""
-    occ, img, scene_index, is_scene = [], [], [], []
-    for b in range(batch["scene_occ"].shape[0]):
-        row = len(occ)
-        occ.append(batch["scene_occ"][b])
+@dataclass
+class Rows:
+    """One batch as rows (R = scenes + their valid instances).
+
+    ``grids`` (R, 1, 64, 64, 64) occupancy, or (R, 8, 16, 16, 16) latents when ``are_latents``;
+    ``images`` (R, 3, S, S); ``scene_index`` (R,) long, the row of each row's scene (scene rows
+    point at themselves); ``is_scene`` (R,) bool.
+    """
+
+    grids: torch.Tensor
+    are_latents: bool
+    images: torch.Tensor
+    scene_index: torch.Tensor
+    is_scene: torch.Tensor
+
+
+def batch_to_rows(batch: dict, device: torch.device) -> Rows:
+    """Scenes and their valid instances as rows, in order ``[scene_0, inst_0.., scene_1, inst_1.., ...]``.
+
+    ``batch`` (see ``train.data.collate``): B scene groups padded to N instance slots -> :class:`Rows`
+    with R = B + number of valid instances, e.g. ``scene_occ`` (B, 1, 64, 64, 64) + ``inst_occ``
+    (B, N, 1, 64, 64, 64) with ``inst_valid`` (B, N) -> ``grids`` (R, 1, 64, 64, 64).
+    """
+    are_latents = "scene_lat" in batch
+    scene_g, inst_g = (batch["scene_lat"], batch["inst_lat"]) if are_latents else (batch["scene_occ"], batch["inst_occ"])
+    grids, img, scene_index, is_scene = [], [], [], []
+    for b in range(scene_g.shape[0]):
+        row = len(grids)
+        grids.append(scene_g[b])
         img.append(batch["scene_image"][b])
         scene_index.append(row)
         is_scene.append(True)
         for j in torch.nonzero(batch["inst_valid"][b]).flatten().tolist():
-            occ.append(batch["inst_occ"][b, j])
+            grids.append(inst_g[b, j])
             img.append(batch["inst_images"][b, j])
             scene_index.append(row)
             is_scene.append(False)
-    return (torch.stack(occ).to(device), torch.stack(img).to(device),
-            torch.tensor(scene_index, device=device), torch.tensor(is_scene, device=device))
+    return Rows(torch.stack(grids).to(device), are_latents, torch.stack(img).to(device),
+                torch.tensor(scene_index, device=device), torch.tensor(is_scene, device=device))
+
+
+def latents_of(rows: Rows, encoder: torch.nn.Module) -> torch.Tensor:
+    """(R, 8, 16, 16, 16) fp32: cached latents as they are, or the frozen encoder's (fp32, as inference)."""
+    return rows.grids.float() if rows.are_latents else encode_latents(encoder, rows.grids)
+
+
+def condition_of(rows: Rows, cond_model) -> torch.Tensor:
+    """(R, L, C) fp32 DINOv2 tokens, computed exactly as ``iscene-infer`` computes them."""
+    return cond_model.encode(rows.images)
+
+
+def loss_of(model, x0: torch.Tensor, cond: torch.Tensor, rows: Rows, cfg: TrainConfig, gen: torch.Generator, world: int,
+            autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, per-row MSE): rows weighted per ``--loss-weighting``, normalised over the global batch."""
+    with autocast:
+        _, per_row = flow_matching_loss(model, x0, cond, scene_index=rows.scene_index, p_uncond=cfg.p_uncond,
+                                        sigma_min=cfg.sigma_min, generator=gen)
+    w = loss_row_weights(rows.is_scene, rows.scene_index, cfg.loss_weighting, cfg.scene_weight)
+    total = w.sum().detach()
+    if world > 1:  # DDP averages the ranks' gradients: divide by the mean weight sum, not this rank's
+        dist.all_reduce(total)
+        total = total / world
+    return (per_row * w).sum() / total, per_row
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def optimizer_step(flow: torch.nn.Module, opt, loss: torch.Tensor, step: int, cfg: TrainConfig, keys: list[str]) -> float:
+    """Backward, clip, step; returns the gradient norm. A non-finite loss stops the run naming the batch."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"step {step}: loss is {loss.item()} (batch keys {keys})")
+    opt.step()
+    return float(grad_norm)
 
 
 @torch.no_grad()
@@ -124,7 +174,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def render_voxels_png(occ: torch.Tensor) -> torch.Tensor:
-    """(64, 64, 64) bool -> (3, H, W) uint8 image of the occupied voxels (for TensorBoard)."""
+    """(R, R, R) bool -> (3, H, W) uint8 image of the occupied voxels (for TensorBoard)."""
     import io
 
     import matplotlib
@@ -139,103 +189,149 @@ def render_voxels_png(occ: torch.Tensor) -> torch.Tensor:
     ax = fig.add_subplot(projection="3d")
     if len(idx):
         ax.scatter(idx[:, 0], idx[:, 1], idx[:, 2], s=1, c=idx[:, 2], cmap="viridis")
-    ax.set(xlim=(0, 64), ylim=(0, 64), zlim=(0, 64))
+    r = occ.shape[0]
+    ax.set(xlim=(0, r), ylim=(0, r), zlim=(0, r))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1)
 
 
+class RunLog:
+    """log.jsonl + TensorBoard on rank 0; bad-sample warnings from every rank; throughput windows."""
+
+    def __init__(self, out: Path, rank: int, world: int):
+        self.out, self.rank, self.world = out, rank, world
+        self.path = out / "log.jsonl"
+        self.writer = None
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"))
+        self.bad_total, self.seen = 0, 0
+        self.t_last, self.wait, self.rows, self.steps = time.perf_counter(), 0.0, 0, 0
+
+    def _append(self, record: dict) -> None:
+        with open(self.path, "a") as f:  # one short line per write: O_APPEND keeps lines whole across ranks
+            f.write(json.dumps(record) + "\n")
+
+    def data(self, batch: dict, step: int) -> None:
+        """Count and report the samples the data pipeline rejected while making this batch."""
+        self.seen = max(self.seen, int(batch.get("seen", 0)))
+        for ev in batch.get("bad", []):
+            self.bad_total += 1
+            print(f"iscene-train: warning: skipped bad sample {ev['key']} of {ev['shard']}: {ev['reason']}", file=sys.stderr)
+            self._append({"event": "bad_sample", "step": step, "rank": self.rank, **ev})
+
+    def step_done(self, rows: int, wait: float) -> None:
+        self.rows, self.steps, self.wait = self.rows + rows, self.steps + 1, self.wait + wait
+
+    def metrics(self, step: int, loss, per_row, rows: Rows, grad_norm: float, lr: float, sources: list[str]) -> dict:
+        counts = torch.tensor([float(self.bad_total), float(self.seen)])
+        if self.world > 1:
+            dist.all_reduce(counts)
+        if self.rank != 0:
+            return {}
+        dt = time.perf_counter() - self.t_last
+        inst = ~rows.is_scene
+        m = {"step": step, "loss": loss.item(), "loss_scene": per_row[rows.is_scene].mean().item(),
+             "loss_instance": per_row[inst].mean().item() if inst.any() else float("nan"), "grad_norm": grad_norm, "lr": lr,
+             "rows_per_s": self.rows / dt, "steps_per_s": self.steps / dt, "data_wait_fraction": self.wait / dt,
+             "bad_samples": int(counts[0]), "samples_read": int(counts[1]), "sources": sources}
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and math.isfinite(v) and k != "step":
+                self.writer.add_scalar(f"train/{k}" if k not in ("bad_samples", "samples_read") else f"data/{k}", v, step)
+        self._append(m)
+        self.t_last, self.wait, self.rows, self.steps = time.perf_counter(), 0.0, 0, 0
+        return m
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 # -------------------------------------------------------------------------------------- train --
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training; returns final metrics. Rank 0 logs and writes checkpoints."""
+    """Run (or resume) training; returns the last logged metrics. Rank 0 logs and writes checkpoints."""
     cfg.validate()
     rank, world, device = setup_distributed()
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    flow, encoder, decoder, cond_model = build_models(cfg, device)
-    ema = copy.deepcopy(flow).requires_grad_(False)
-    opt = torch.optim.AdamW(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-    step = 0
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, flow, ema, opt, gen)
-        step = meta["step"]
+    with ExitStack() as stack:
+        # --- run folder: refuse to mix runs, clear on --overwrite, one trainer per folder
         if rank == 0:
-            print(f"resumed from {ckpt} at step {step}")
-    model = torch.nn.parallel.DistributedDataParallel(flow) if world > 1 else flow
-    data_cfg = DataConfig(mix=cfg.mix, batch_size=cfg.batch_size, max_instances=cfg.max_instances, image_size=cfg.image_size,
-                          space=cfg.space, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_workers=cfg.num_workers)
-    loader = iter(build_loader(cfg.mix, data_cfg, rank=rank, world_size=world, start_batch=step))
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+            prepare_run_dir(out, cfg.resume, cfg.overwrite)
+            stack.enter_context(FolderLock(out, "iscene-train", wait=False))
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        _barrier(world)
+        nw = max(1, cfg.num_workers)
+        ckpt = latest_checkpoint(out) if cfg.resume else None
+        meta, rng, positions = read_resume(ckpt, rank=rank, world_size=world, num_workers=cfg.num_workers) if ckpt else ({}, None, None)
+        step = int(meta.get("step", 0))
 
-        writer = SummaryWriter(str(out / "tb"))
-    log_path = out / "log.jsonl"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    metrics = {}
-    t_last, wait_acc, rows_acc, steps_acc = time.perf_counter(), 0.0, 0, 0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        batch = next(loader)
-        wait_acc += time.perf_counter() - t0
-        occ, images, scene_index, is_scene = batch_to_rows(batch, device)
-        with torch.no_grad(), autocast:
-            x0 = encoder(occ, sample_posterior=False).float()
-            cond = cond_model(images).float()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with autocast:
-            loss, per_row = flow_matching_loss(model, x0, cond, scene_index=scene_index, p_uncond=cfg.p_uncond,
-                                               sigma_min=cfg.sigma_min, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: loss is {loss.item()} (batch keys {batch['key']})")
-        opt.step()
-        ema_update(ema, flow, cfg.ema_decay)
-        step += 1
-        rows_acc += len(is_scene)
-        steps_acc += 1
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-            dt = time.perf_counter() - t_last
-            inst_rows = ~is_scene
-            metrics = {
-                "step": step,
-                "loss": loss.item(),
-                "loss_scene": per_row[is_scene].mean().item(),
-                "loss_instance": per_row[inst_rows].mean().item() if inst_rows.any() else float("nan"),
-                "grad_norm": float(grad_norm),
-                "lr": lr_at(step - 1, cfg),
-                "rows_per_s": rows_acc / dt,
-                "steps_per_s": steps_acc / dt,
-                "data_wait_fraction": wait_acc / dt,
-                "sources": batch["source"],
-            }
-            for k, v in metrics.items():
-                if isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(f"train/{k}", v, step)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            t_last, wait_acc, rows_acc, steps_acc = time.perf_counter(), 0.0, 0, 0
-        if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
-            n = int((scene_index == 0).sum())
-            noise = torch.randn(x0[:n].shape, generator=gen, device=device)
-            z = euler_sample(ema, noise, cond[:n], None, scene_index=scene_index[:n], steps=cfg.sample_steps)["samples"]
-            logits = decoder(z)
-            for r in range(min(n, 3)):
-                writer.add_image(f"samples/{'scene' if r == 0 else f'instance{r}'}", render_voxels_png(logits[r, 0] > 0), step)
-        if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            save_checkpoint(out, step, flow, ema, opt, data_position=step, generator=gen, extra={"world_size": world})
-    if writer is not None:
-        writer.close()
-    if world > 1:
-        dist.barrier()
+        # --- data first: an empty or unusable dataset stops here, before any model is built
+        encoder = build_encoder(cfg) if cfg.latents != "encode" else None
+        latents, eid = choose_latents(cfg, encoder) if encoder is not None else ("encode", None)
+        data_cfg = DataConfig.from_train(cfg, latents=latents, encoder_id=eid)
+        loader = iter(build_loader(cfg.mix, data_cfg, rank=rank, world_size=world, start_batch=step, positions=positions))
+        first = next(loader)
+
+        # --- models, optimizer, this rank's random streams
+        flow, encoder, decoder, cond_model = build_models(cfg, device, encoder=encoder)
+        ema = copy.deepcopy(flow).requires_grad_(False)
+        opt = torch.optim.AdamW(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+        if ckpt is not None:
+            load_weights(ckpt, flow, ema, opt)
+            restore_rng(rng, gen)
+            if rank == 0:
+                print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+        model = torch.nn.parallel.DistributedDataParallel(flow) if world > 1 else flow
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+        log = RunLog(out, rank, world)
+        data_pos: list = list(positions) if positions is not None else [None] * nw
+        metrics: dict = {}
+
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch, first = (first, None) if first is not None else (next(loader), None)
+            wait = time.perf_counter() - t0
+            data_pos[batch["role"]] = batch["position"]
+            log.data(batch, step)
+            rows = batch_to_rows(batch, device)                                     # rows
+            x0 = latents_of(rows, encoder)                                          # latents
+            cond = condition_of(rows, cond_model)                                   # condition
+            loss, per_row = loss_of(model, x0, cond, rows, cfg, gen, world, autocast)  # loss
+            grad_norm = optimizer_step(flow, opt, loss, step, cfg, batch["key"])    # step
+            ema_update(ema, flow, cfg.ema_decay)                                    # EMA
+            step += 1
+            log.step_done(len(rows.is_scene), wait)
+            if step % cfg.log_every == 0 or step == cfg.steps:                      # log
+                metrics = log.metrics(step, loss, per_row, rows, grad_norm, lr_at(step - 1, cfg), batch["source"]) or metrics
+            if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
+                _log_samples(log, ema, decoder, x0, cond, rows, gen, cfg, step)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:                     # checkpoint
+                _checkpoint(out, step, flow, ema, opt, gen, data_pos, rank, world, cfg)
+        log.close()
+        _barrier(world)
     return metrics
+
+
+def _checkpoint(out: Path, step: int, flow, ema, opt, gen, data_pos: list, rank: int, world: int, cfg: TrainConfig) -> None:
+    """Every rank's RNG and data position gathered to rank 0, which writes the checkpoint."""
+    rngs = _gather(rng_state(gen), world)
+    positions = _gather(data_pos, world)
+    if rank == 0:
+        save_checkpoint(out, step, flow, ema, opt, rngs, {"world_size": world, "num_workers": cfg.num_workers, "ranks": positions},
+                        extra={"sca": cfg.sca, "mix": cfg.mix})
+
+
+def _log_samples(log: RunLog, ema, decoder, x0, cond, rows: Rows, gen, cfg: TrainConfig, step: int) -> None:
+    """EMA samples of the batch's first scene group, decoded and drawn to TensorBoard."""
+    n = int((rows.scene_index == 0).sum())
+    noise = torch.randn(x0[:n].shape, generator=gen, device=x0.device)
+    z = euler_sample(ema, noise, cond[:n], None, scene_index=rows.scene_index[:n], steps=cfg.sample_steps)["samples"]
+    logits = decoder(z)
+    for r in range(min(n, 3)):
+        log.writer.add_image(f"samples/{'scene' if r == 0 else f'instance{r}'}", render_voxels_png(logits[r, 0] > 0), step)

@@ -1,0 +1,159 @@
+"""Training correctness at scale (issue 11): exact DDP resume, resume guards, fp32 frozen features, loss weighting.
+
+Datasets are written directly in the shard format (tests/train_shards.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train_shards import make_dataset
+from train.config import TrainConfig
+
+
+def _cfg(out: Path, mix: str, **kw) -> TrainConfig:
+    base = dict(out=str(out), mix=mix, steps=4, batch_size=2, image_size=28, max_instances=3, num_workers=0, lr=3e-3,
+                log_every=1, ckpt_every=1000, seed=0, shuffle_buffer=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, registry: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      ISCENE_REGISTRY=registry)
+    import torch.distributed as dist
+
+    from train.trainer import train
+
+    try:
+        train(TrainConfig(**cfg_dict))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _ddp(cfg: TrainConfig, registry: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, cfg.to_dict(), str(registry))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+@pytest.mark.slow
+def test_ddp_kill_and_resume_restores_every_ranks_random_stream(tmp_path, private_registry):
+    """Two gloo processes: 4 steps straight vs 2 steps, 'kill', resume to 4. Every rank's loss
+    generator (t, noise, dropout draws) and the final weights must equal the uninterrupted run.
+    (Before: only rank 0's generator was saved, and after a resume every rank replayed it.)"""
+    root = make_dataset(tmp_path / "ds", "ddp", 16, per_shard=2)
+    full = _cfg(tmp_path / "full", str(root), steps=4, ckpt_every=4)
+    _ddp(full, private_registry)
+    _ddp(_cfg(tmp_path / "part", str(root), steps=2, ckpt_every=2), private_registry)
+    _ddp(_cfg(tmp_path / "part", str(root), steps=4, ckpt_every=2, resume=True), private_registry)
+    a_dir, b_dir = tmp_path / "full" / "ckpt" / "step_00000004", tmp_path / "part" / "ckpt" / "step_00000004"
+    sa = torch.load(a_dir / "state.pt", weights_only=True)["ranks"]
+    sb = torch.load(b_dir / "state.pt", weights_only=True)["ranks"]
+    assert len(sa) == len(sb) == 2
+    assert not torch.equal(sa[0]["loss"], sa[1]["loss"])  # ranks draw different t / noise / dropout
+    for r in range(2):
+        assert torch.equal(sa[r]["loss"], sb[r]["loss"]), f"rank {r}'s draws differ after the resume"
+    wa, wb = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+    da, db = json.loads((a_dir / "data.json").read_text()), json.loads((b_dir / "data.json").read_text())
+    assert da == db and len(da["ranks"]) == 2 and da["ranks"][0] != da["ranks"][1]
+
+
+def test_resume_with_another_worker_count_or_world_size_stops_clearly(tmp_path):
+    from train.checkpoint import ResumeMismatch, read_resume
+    from train.trainer import train
+
+    root = make_dataset(tmp_path / "ds", "mismatch", 8)
+    train(_cfg(tmp_path / "run", str(root), steps=2, ckpt_every=2))
+    with pytest.raises(ResumeMismatch, match="--num-workers 0"):
+        train(_cfg(tmp_path / "run", str(root), steps=4, resume=True, num_workers=2))
+    ckpt = tmp_path / "run" / "ckpt" / "step_00000002"
+    with pytest.raises(ResumeMismatch, match="1 training process"):
+        read_resume(ckpt, rank=0, world_size=2, num_workers=0)
+    meta, rng, positions = read_resume(ckpt, rank=0, world_size=1, num_workers=1)  # 0 and 1 workers read the same part
+    assert meta["step"] == 2 and positions is not None and len(positions) == 1
+
+
+@pytest.mark.slow
+def test_kill_and_resume_with_data_workers_equals_uninterrupted(tmp_path):
+    from train.trainer import train
+
+    root = make_dataset(tmp_path / "ds", "workers", 12)
+    train(_cfg(tmp_path / "a", str(root), steps=6, ckpt_every=6, num_workers=2))
+    train(_cfg(tmp_path / "b", str(root), steps=3, ckpt_every=3, num_workers=2))
+    train(_cfg(tmp_path / "b", str(root), steps=6, ckpt_every=3, num_workers=2, resume=True))
+    wa = load_file(str(tmp_path / "a" / "ckpt" / "step_00000006" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "ckpt" / "step_00000006" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+
+
+def test_frozen_encoder_and_dinov2_compute_in_fp32_under_training_autocast(tmp_path):
+    """Training runs the flow under bf16 autocast; the frozen encoder and DINOv2 must not follow it,
+    so training sees the features inference computes (fp32)."""
+    from iscene_core.trellis import SparseStructureEncoder
+    from train.models import encode_latents, tiny_dinov2
+    from train.trainer import Rows, condition_of, latents_of
+
+    torch.manual_seed(0)
+    enc = SparseStructureEncoder(in_channels=1, channels=[8, 16, 32], latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1).eval()
+    dino = tiny_dinov2(32, 28).eval()
+    occ = (torch.rand(2, 1, 64, 64, 64) > 0.97).float()
+    images = torch.rand(2, 3, 28, 28)
+    ref_lat = enc(occ)
+    ref_cond = dino.backbone(pixel_values=(images - dino.mean) / dino.std, output_hidden_states=True).hidden_states[-1]
+    ref_cond = torch.nn.functional.layer_norm(ref_cond, ref_cond.shape[-1:])
+    rows = Rows(occ, False, images, torch.tensor([0, 0]), torch.tensor([True, False]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lat, lat2 = latents_of(rows, enc), encode_latents(enc, occ)
+        cond, cond2 = condition_of(rows, dino), dino.encode(images)  # the trainer's path and iscene-infer's path
+    for got, ref in ((lat, ref_lat), (lat2, ref_lat), (cond, ref_cond), (cond2, ref_cond)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_loss_weighting_flag_balances_groups_and_ranks():
+    from iscene_core.flow import loss_row_weights
+
+    # two scene groups: one with 3 instances, one with 1
+    si = torch.tensor([0, 0, 0, 0, 4, 4])
+    is_scene = torch.tensor([True, False, False, False, True, False])
+    w = loss_row_weights(is_scene, si, "groups", scene_weight=0.5)
+    torch.testing.assert_close(w, torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6, 0.5, 0.5]))
+    assert abs(w[:4].sum() - w[4:].sum()) < 1e-6  # each scene group weighs the same
+    torch.testing.assert_close(loss_row_weights(torch.tensor([True]), torch.tensor([0]), "groups", 0.3), torch.tensor([1.0]))
+    assert torch.equal(loss_row_weights(is_scene, si, "rows"), torch.ones(6))
+    with pytest.raises(ValueError):
+        loss_row_weights(is_scene, si, "bogus")
+
+
+def test_loss_weighting_is_a_training_flag(tmp_path):
+    """--loss-weighting groups vs rows changes the trained weights (and rows = plain mean on one rank)."""
+    from train.trainer import train
+
+    root = make_dataset(tmp_path / "ds", "weighting", 6)
+    train(_cfg(tmp_path / "g", str(root), steps=2, ckpt_every=2, loss_weighting="groups"))
+    train(_cfg(tmp_path / "r", str(root), steps=2, ckpt_every=2, loss_weighting="rows"))
+    log_g = [json.loads(l) for l in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
+    log_r = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert log_g[0]["loss"] != log_r[0]["loss"]
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["loss_weighting"] == "groups" and cfg["scene_weight"] == 0.5
