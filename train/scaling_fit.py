@@ -4,8 +4,8 @@ A scaling study asks how a metric moves with data or compute, and whether the tr
 next decade. ``c`` is the irreducible floor (or ceiling for a metric that grows: ``a`` may then be
 negative). The fit is nonlinear least squares (``scipy.optimize.least_squares``) on ``x`` scaled by
 its geometric mean so the parameters are well conditioned whatever the units, started from a grid
-of exponents (the problem has local minima) and bounded to ``0 <= b <= 10``. Uncertainty comes from
-a pairs bootstrap: points are resampled with replacement and refit, and every reported interval
+of exponents (the problem has local minima; bootstrap refits start from the estimate) and bounded to
+``0 <= b <= 10``. Uncertainty comes from a pairs bootstrap: points are resampled with replacement and refit, and every reported interval
 (parameters and the extrapolated value) is the 2.5-97.5 percentile band of those refits.
 
     fit = fit_power_law(x, y)                 # >= 4 points with the offset, >= 3 without
@@ -86,14 +86,14 @@ def _check(x, y, offset: bool) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _fit_once(x: np.ndarray, y: np.ndarray, offset: bool) -> tuple[np.ndarray, float] | None:
-    """Best (a, b, c) over a grid of starting exponents, in units of the original x; None if none converged."""
+def _fit_once(x: np.ndarray, y: np.ndarray, offset: bool, starts: tuple = B_STARTS) -> tuple[np.ndarray, float] | None:
+    """Best (a, b, c) over starting exponents ``starts``, in units of the original x; None if none converged."""
     from scipy.optimize import least_squares
 
     x0 = float(np.exp(np.mean(np.log(x))))
     u = x / x0
     best = None
-    for b0 in B_STARTS:
+    for b0 in starts:
         # start: with b fixed, a and c follow from linear least squares
         basis = np.stack([u ** -b0, np.ones_like(u)], 1) if offset else (u ** -b0)[:, None]
         coef = np.linalg.lstsq(basis, y, rcond=None)[0]
@@ -120,7 +120,7 @@ def _fit_once(x: np.ndarray, y: np.ndarray, offset: bool) -> tuple[np.ndarray, f
     return np.array([a, float(p[1]), float(p[2]) if offset else 0.0]), sse
 
 
-def fit_power_law(x, y, *, offset: bool = True, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> PowerLawFit:
+def fit_power_law(x, y, *, offset: bool = True, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> PowerLawFit:
     """Fit ``y = a x^-b (+ c)``; bootstrap ``n_boot`` refits for the intervals (pairs resampling)."""
     x, y = _check(x, y, offset)
     got = _fit_once(x, y, offset)
@@ -134,7 +134,8 @@ def fit_power_law(x, y, *, offset: bool = True, n_boot: int = 1000, level: float
         idx = rng.integers(len(x), size=len(x))
         if len(np.unique(x[idx])) < need:
             continue  # a resample that cannot pin the parameters down says nothing
-        r = _fit_once(x[idx], y[idx], offset)
+        # refits start from the full-data exponent (and one grid start, against a far-off resample)
+        r = _fit_once(x[idx], y[idx], offset, starts=(min(max(p[1], 1e-3), B_MAX), 0.5))
         if r is not None:
             boots.append(r[0])
     boot = np.array(boots).reshape(-1, 3)

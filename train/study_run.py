@@ -1,0 +1,155 @@
+"""Run a study's stage graph: skip finished stages, isolate failures, locally or as Ray tasks.
+
+A stage is finished when ``OUT/state/<stage id>.json`` exists and names the stage's current hash
+(its kind, config and its inputs' hashes): the done record is written last, after the stage's own
+outputs, so a kill at any moment leaves the stage unfinished and a rerun redoes (or, for resumable
+tools such as datagen and the trainer, continues) exactly that stage. A stage whose inputs changed
+is run again.
+
+A runner is ``fn(stage, deps, ctx) -> dict``: ``deps`` maps each dependency's id to its result,
+``ctx`` is a :class:`RunContext`. A runner that raises fails its stage only; the stages that need
+it are recorded as ``blocked`` and every other chain goes on. Results, failures and logs are
+collected in one dict per stage: ``{"status": ok|cached|failed|blocked, "result", "error", "log"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from iscene_core.shards import write_json_atomic
+from train.study import Stage, Study, stage_hash
+
+Runner = Callable[[Stage, dict, "RunContext"], dict]
+
+
+@dataclass
+class RunContext:
+    """What every runner may need besides its stage: the study folder, mode and Ray address."""
+
+    out: str
+    smoke: bool = False
+    address: str | None = None
+    spec: dict = field(default_factory=dict)
+
+    def log_path(self, stage: Stage) -> Path:
+        p = Path(self.out) / "logs" / (stage.id.replace("/", "__") + ".log")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def record_path(out: str | Path, stage_id: str) -> Path:
+    return Path(out) / "state" / (stage_id.replace("/", "__") + ".json")
+
+
+def read_done(out: str | Path, stage: Stage, h: str) -> dict | None:
+    """The stage's done record if it names hash ``h`` (else None: not done, or done with other inputs)."""
+    p = record_path(out, stage.id)
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("hash") == h and rec.get("status") == "ok" else None
+
+
+def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_records: dict[str, dict]) -> dict:
+    """Run one stage unless finished; never raises for a failing runner (the error is the result)."""
+    done = read_done(ctx.out, stage, h)
+    if done is not None:
+        return {**done, "status": "cached"}
+    bad = {d: r["status"] for d, r in dep_records.items() if r.get("status") not in ("ok", "cached")}
+    if bad:
+        return {"id": stage.id, "status": "blocked", "error": "needs " + ", ".join(f"{d} ({s})" for d, s in bad.items()),
+                "cell": stage.cell}
+    log = ctx.log_path(stage)
+    t0 = time.time()
+    try:
+        result = runner(stage, {d: r.get("result", {}) for d, r in dep_records.items()}, ctx) or {}
+    except Exception as exc:  # noqa: BLE001 - a failing stage is data for the report, not a crash of the sweep
+        with open(log, "a") as f:
+            f.write("\n" + traceback.format_exc())
+        return {"id": stage.id, "status": "failed", "error": f"{type(exc).__name__}: {exc}".strip()[:2000], "log": str(log),
+                "cell": stage.cell, "seconds": time.time() - t0}
+    rec = {"id": stage.id, "kind": stage.kind, "hash": h, "status": "ok", "result": result, "cell": stage.cell,
+           "seconds": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "log": str(log),
+           "config": stage.config}
+    path = record_path(ctx.out, stage.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, rec)
+    return rec
+
+
+def run_local(study: Study, runners: dict[str, Runner], ctx: RunContext, progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Every stage in dependency order in this process."""
+    memo: dict = {}
+    records: dict[str, dict] = {}
+    for sid in study.order():
+        st = study.stages[sid]
+        rec = execute_stage(st, stage_hash(st, study.stages, memo), runners[st.kind], ctx, {d: records[d] for d in st.deps})
+        records[sid] = rec
+        if progress:
+            progress(sid, rec)
+    return records
+
+
+def _ray_execute(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_ids: list[str], *dep_recs: dict) -> dict:
+    return execute_stage(stage, h, runner, ctx, dict(zip(dep_ids, dep_recs)))
+
+
+def run_ray(study: Study, runners: dict[str, Runner], ctx: RunContext, address: str | None = None,
+            progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Every stage a Ray task; a task's dependencies are its arguments, so Ray runs the graph.
+
+    Stages ask for the CPUs/GPUs of ``resources`` in the spec (train stages on a 2-core machine ask
+    for both cores, so two trainings never share them). Runner functions from outside the package
+    (tests) are shipped by value.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        import cloudpickle
+
+        for fn in runners.values():
+            mod = getattr(fn, "__module__", "") or ""
+            if mod and not mod.startswith("train.") and mod in __import__("sys").modules:
+                cloudpickle.register_pickle_by_value(__import__("sys").modules[mod])
+    except (ImportError, ValueError):
+        pass
+    started_here = False
+    if not ray.is_initialized():
+        kw = {"address": address} if address else {"num_cpus": os.cpu_count() or 1}
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kw)
+        started_here = True
+    try:
+        memo: dict = {}
+        refs: dict = {}
+        remote = ray.remote(max_retries=0)(_ray_execute)
+        for sid in study.order():
+            st = study.stages[sid]
+            r = st.resources or {}
+            task = remote.options(num_cpus=float(r.get("num_cpus", 1)), num_gpus=float(r.get("num_gpus", 0)), name=sid)
+            refs[sid] = task.remote(st, stage_hash(st, study.stages, memo), runners[st.kind], ctx, list(st.deps),
+                                    *[refs[d] for d in st.deps])
+        records: dict[str, dict] = {}
+        pending = {ref: sid for sid, ref in refs.items()}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                sid = pending.pop(ref)
+                try:
+                    records[sid] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost)
+                    records[sid] = {"id": sid, "status": "failed", "error": f"Ray task failed: {type(exc).__name__}: {exc}"[:2000],
+                                    "cell": study.stages[sid].cell}
+                if progress:
+                    progress(sid, records[sid])
+        return {sid: records[sid] for sid in study.order()}
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,287 @@
+"""The real stage runners of a study: each one CLI run (subprocess) with its log in ``OUT/logs/``.
+
+Calling the command-line tools rather than their functions keeps the stages loosely coupled: the
+data engine, the trainer and ``iscene-eval`` can change inside as long as their flags hold, a stage
+crash cannot take the sweep down, and each log is exactly what a user would see running the step
+by hand. Tools that resume by themselves (datagen, ``iscene-train``, ``iscene-train vae``,
+``iscene-eval predict``) are rerun in the same folder after a kill; the others (catalog, bench) start
+their folder afresh.
+
+Every subprocess gets ``ISCENE_REGISTRY=OUT/registry.json``, so a study never writes into the
+user's dataset registry; datasets are passed to the tools as folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from train.study import Stage
+from train.study_run import RunContext
+
+ENC = "ss_enc_conv3d_16l8_fp16"
+DEC = "ss_dec_conv3d_16l8_fp16"
+FLOW = "ss_flow_img_dit_L_16l8_fp16"
+
+
+class StageError(RuntimeError):
+    """A stage's command failed; the message carries the exit code and the log's last lines."""
+
+
+def _flags(args: dict | None) -> list[str]:
+    """``{"views-per-scene": 1, "no-denoise": True, "space": "both"}`` -> CLI flags (False/None omitted)."""
+    out: list[str] = []
+    for k, v in (args or {}).items():
+        flag = "--" + str(k).replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif v is False or v is None:
+            continue
+        elif isinstance(v, (list, tuple)):
+            out += [flag, ",".join(str(x) for x in v)]
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+def _tool(name: str) -> list[str]:
+    """Console script ``name`` from this environment's bin/ (falls back to PATH)."""
+    exe = Path(sys.executable).with_name(name)
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    raise StageError(f"{name} is not installed in this environment (pip install -e . in the repo gives it)")
+
+
+def run_cmd(cmd: list[str], stage: Stage, ctx: RunContext, env: dict | None = None) -> None:
+    """Run ``cmd`` with stdout+stderr appended to the stage's log; StageError on a non-zero exit."""
+    log = ctx.log_path(stage)
+    e = {**os.environ, "ISCENE_REGISTRY": str(Path(ctx.out).resolve() / "registry.json"), "RAY_AUTH_MODE": "disabled",
+         "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=e)
+    if rc != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise StageError(f"exit {rc} from {Path(cmd[0]).name}: " + " | ".join(tail))
+
+
+def _fresh(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _mix(parts: list, deps: dict) -> str:
+    return ",".join(deps[sid]["path"] + (f":{w}" if w else "") for sid, w in parts)
+
+
+# ------------------------------------------------------------------------------------------- data --
+
+
+def run_catalog(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    c = dict(stage.config)
+    out = _fresh(stage.out)
+    src = c.pop("source", "procedural")
+    inp = c.pop("input", None)
+    run_cmd(_tool("iscene-assets") + ["build", "--source", src, "--out", str(out)] + ([str(inp)] if inp else []) + _flags(c), stage, ctx)
+    return {"path": str(out)}
+
+
+def run_datagen(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    c = dict(stage.config)
+    cmd = _tool("iscene-datagen") + ["--n", str(c["n"]), "--seed", str(c.get("seed", 0)), "--out", stage.out, "--name", c["name"]]
+    if "catalog" in c:
+        cmd += ["--assets", deps[f"catalog/{c['catalog']}"]["path"]]
+    elif "assets" in c:
+        cmd += ["--assets", str(c["assets"])]
+    else:
+        cmd += ["--procedural"]
+    args = dict(c.get("args") or {})
+    if ctx.address and "address" not in args:
+        args["address"] = ctx.address
+    elif not ctx.address and "address" not in args and "workers" not in args:
+        args["no-ray"] = True  # inside a study task: the task is the unit of parallelism
+    run_cmd(cmd + _flags(args), stage, ctx)  # rerun in place = datagen's own resume
+    info = json.loads((Path(stage.out) / "dataset.json").read_text())
+    return {"path": str(Path(stage.out).resolve()), "samples": int(info["counts"]["samples"])}
+
+
+def run_reuse(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    from iscene_core.shards import load_dataset_json, resolve
+
+    c = stage.config
+    if c.get("path"):
+        info = load_dataset_json(c["path"])
+        return {"path": str(Path(c["path"]).resolve()), "samples": int(info["counts"]["samples"])}
+    entry = resolve(c["registered"])  # the user's registry, read in the sweep's own environment
+    root = entry.info.get("root")
+    if not root:
+        raise StageError(f"dataset {c['registered']!r} has no local folder (remote shards cannot be cut into prefixes)")
+    return {"path": str(root), "samples": entry.samples}
+
+
+def run_prefix(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    from train.study_data import materialize_prefix
+
+    src = deps[f"data/{stage.config['of']}"]
+    path = materialize_prefix(f"{src['path']}@{stage.config['n']}", Path(stage.out))
+    return {"path": str(path.resolve()), "samples": int(stage.config["n"])}
+
+
+def run_bench(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    c = dict(stage.config)
+    out = _fresh(stage.out)
+    src = deps[stage.deps[0]]["path"]
+    cmd = _tool("iscene-eval") + ["make-bench", "--from", src, "--out", str(out), "--name", c["name"], "--no-progress"]
+    if c.get("n"):
+        cmd += ["--n", str(c["n"])]
+    run_cmd(cmd + _flags(c.get("args")), stage, ctx)
+    return {"path": str(out.resolve())}
+
+
+# ------------------------------------------------------------------------------------ vae / train --
+
+
+def run_vae(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    mix = _mix(stage.config["mix"], deps)
+    cmd = _tool("iscene-train") + ["vae", "--mix", mix, "--out", stage.out, "--resume", "--no-progress"]
+    run_cmd(cmd + _flags(stage.config.get("args")), stage, ctx)
+    metrics = json.loads((Path(stage.out) / "metrics.json").read_text())
+    return {"path": str(Path(stage.out).resolve()), "encoder": metrics["encoder"], "decoder": metrics["decoder"],
+            "held_out_iou": metrics["held_out_iou"], "train_iou": metrics["train_iou"]}
+
+
+def train_config(stage: Stage, deps: dict) -> dict:
+    """The TrainConfig fields of a cell, with datasets and the encoder turned into paths."""
+    cfg = {k: v for k, v in stage.config.items() if k not in ("resources",)}
+    cfg["mix"] = _mix(cfg["mix"], deps)
+    if isinstance(cfg.get("encoder"), dict):
+        cfg["encoder"] = deps[cfg["encoder"]["stage"]]["encoder"]
+    cfg["out"] = str(Path(stage.out).resolve())
+    cfg.pop("resume", None)
+    return cfg
+
+
+def run_train(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    cfg = train_config(stage, deps)
+    out = Path(stage.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out.parent / "train_config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    cmd = _tool("iscene-train") + ["--config", str(cfg_path), "--resume"]
+    workers = int(stage.resources.get("ray_workers", 0) or 0)
+    if workers:
+        cmd += ["--ray-workers", str(workers)] + (["--ray-gpu"] if stage.resources.get("ray_gpu") else [])
+        if ctx.address:
+            cmd += ["--ray-address", ctx.address]
+    run_cmd(cmd, stage, ctx)
+    ckpts = sorted(p for p in (out / "ckpt").glob("step_*") if (p / "meta.json").is_file())
+    if not ckpts:
+        raise StageError(f"iscene-train exited 0 but wrote no checkpoint in {out / 'ckpt'}")
+    last = ckpts[-1]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()] if (out / "log.jsonl").exists() else []
+    run_cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else cfg
+    return {"path": str(out.resolve()), "checkpoint": str(last), "steps": json.loads((last / "meta.json").read_text())["step"],
+            "final_loss": log[-1]["loss"] if log else None, "first_loss": log[0]["loss"] if log else None,
+            "train_config": run_cfg}
+
+
+# ------------------------------------------------------------------------------------------- eval --
+
+
+def flow_args(train_cfg: dict) -> dict:
+    """Upstream ``args`` of the trained flow (from-scratch presets), for its ckpts/*.json."""
+    size = train_cfg.get("model_size", "tiny")
+    try:
+        from iscene_core.trellis import FLOW_COMMON, FLOW_PRESETS
+
+        return {**FLOW_COMMON, **FLOW_PRESETS[size]}
+    except ImportError:  # older trellis.py: sizes lived in the trainer's config
+        from train.config import MODEL_SIZES
+
+        return dict(resolution=16, in_channels=8, out_channels=8, pe_mode="ape", qk_rms_norm=True, mlp_ratio=4, **MODEL_SIZES[size])
+
+
+def export_weights(train: dict, vae: dict | None, out: Path, sampler: dict | None = None) -> Path:
+    """A TRELLIS-layout folder (pipeline.json + ckpts/) holding the cell's EMA flow and the study's decoder."""
+    from iscene_core.shards import write_json_atomic
+
+    cfg = train["train_config"]
+    if cfg.get("init"):
+        return Path(cfg["init"])  # fine-tuned from released weights: --flow-weights carries the change
+    if vae is None:
+        raise StageError("a flow trained from scratch needs the study's VAE (a vae: section) for its decoder")
+    ckpts = out / "ckpts"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(train["checkpoint"]) / "ema.safetensors", ckpts / f"{FLOW}.safetensors")
+    write_json_atomic(ckpts / f"{FLOW}.json", {"name": "SparseStructureFlowModel", "args": flow_args(cfg)})
+    for name in (DEC, ENC):
+        for ext in (".json", ".safetensors"):
+            shutil.copyfile(Path(vae["path"]) / "ckpts" / f"{name}{ext}", ckpts / f"{name}{ext}")
+    params = {"steps": 25, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0, **(sampler or {})}
+    write_json_atomic(out / "pipeline.json", {"name": "TrellisImageTo3DPipeline", "args": {
+        "models": {"sparse_structure_flow_model": f"ckpts/{FLOW}", "sparse_structure_decoder": f"ckpts/{DEC}"},
+        "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5}, "params": params},
+        "image_cond_model": "dinov2_vitl14_reg"}})
+    return out
+
+
+def export_tiny_conditioner(train_cfg: dict, out: Path) -> Path | None:
+    """The seeded random tiny DINOv2 a ``model_size: tiny`` run without --dinov2 was conditioned on,
+    saved as a transformers folder so ``iscene-eval predict --dinov2`` feeds the model the same
+    features it trained on (it is a pure function of width, crop size and seed)."""
+    if train_cfg.get("dinov2") or train_cfg.get("init") or train_cfg.get("model_size", "tiny") != "tiny":
+        return None
+    try:
+        from train.models import tiny_dinov2
+    except ImportError:
+        from train.trainer import tiny_dinov2
+    crop = int(train_cfg.get("crop_size") or train_cfg.get("image_size") or 518)
+    cond = tiny_dinov2(int(flow_args(train_cfg)["cond_channels"]), crop, int(train_cfg.get("seed", 0)))
+    cond.backbone.save_pretrained(str(out))
+    return out
+
+
+def run_eval(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    c = stage.config
+    train = deps[stage.deps[0]]
+    bench = deps[stage.deps[1]]["path"]
+    vae = deps.get("vae")
+    out = Path(stage.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = export_weights(train, vae, out / "weights")
+    pred, scores = out / "pred", out / "scores"
+    cmd = _tool("iscene-eval") + ["predict", "--bench", bench, "--weights", str(weights), "--out", str(pred), "--no-progress",
+                                  "--flow-weights", str(Path(train["checkpoint"]) / "ema.safetensors")]
+    dino = c.get("dinov2") or export_tiny_conditioner(train["train_config"], out / "weights" / "tiny_dinov2")
+    if dino:
+        cmd += ["--dinov2", str(dino)]
+    if not c.get("sca", True):
+        cmd += ["--no-sca"]
+    run_cmd(cmd + _flags(c.get("predict")), stage, ctx)
+    run_cmd(_tool("iscene-eval") + ["score", "--bench", bench, "--pred", str(pred), "--out", str(scores),
+                                    "--protocol", str(c.get("protocol", "iscene")), "--no-progress"], stage, ctx)
+    doc = json.loads((scores / "scores.json").read_text())
+    results = doc.get("protocols", doc)
+    summaries = {name: r["summary"] for name, r in results.items() if isinstance(r, dict) and "summary" in r}
+    if not summaries:
+        raise StageError(f"{scores / 'scores.json'} holds no protocol summary")
+    proto = str(c.get("protocol", "iscene")).split(",")[0]
+    return {"scores": str(scores / "scores.json"), "summary": summaries.get(proto) or next(iter(summaries.values())),
+            "protocols": summaries}
+
+
+RUNNERS = {"catalog": run_catalog, "datagen": run_datagen, "reuse": run_reuse, "prefix": run_prefix, "bench": run_bench,
+           "vae": run_vae, "train": run_train, "eval": run_eval}
