@@ -38,10 +38,14 @@ __all__ = [
     "HUB_ENTRY",
     "HUB_CHECKPOINT",
     "DinoConditioner",
+    "LearnedConditioner",
     "find_hub_repo",
     "crop_box",
     "crop_instance",
     "crop_scene",
+    "masked_frame",
+    "instance_image",
+    "INSTANCE_VIEWS",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -152,6 +156,56 @@ class DinoConditioner(nn.Module):
         return self.encode(images)
 
 
+class LearnedConditioner(nn.Module):
+    """A small image encoder trained jointly with the flow, for runs without DINOv2 weights.
+
+    ``iscene-train --conditioner learned``: 14-pixel patches (as DINOv2), a class token, learned
+    positions, ``depth`` pre-norm transformer layers of ``width`` channels, a projection to the
+    flow's ``cond_channels`` and the same affine-free LayerNorm as the DINOv2 features, so the flow
+    sees tokens of the same form. Unlike :class:`DinoConditioner` it is trained (``encode`` keeps
+    gradients); like it, it runs in fp32 outside any autocast. ``config()`` gives the constructor
+    arguments, saved beside its weights so ``iscene-infer --conditioner-weights`` can rebuild it.
+    """
+
+    kind = "learned"
+
+    def __init__(self, out_channels: int, image_size: int = IMAGE_SIZE, width: int = 256, depth: int = 2, heads: int = 4,
+                 patch: int = 14):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch {patch}")
+        self._config = dict(out_channels=out_channels, image_size=image_size, width=width, depth=depth, heads=heads, patch=patch)
+        self.patch_embed = nn.Conv2d(3, width, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (image_size // patch) ** 2, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.proj = nn.Linear(width, out_channels)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self._config["out_channels"])
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, 1 + (S/14)^2, C) layer-normed tokens, fp32 (with gradients)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects (B, 3, S, S) images, got {tuple(images.shape)}")
+        with torch.autocast(device_type=self.mean.device.type, enabled=False):
+            x = (images.to(self.mean.device, torch.float32) - self.mean) / self.std
+            t = self.patch_embed(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+            t = self.proj(self.blocks(t))
+            return F.layer_norm(t, t.shape[-1:])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)
+
+
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
@@ -192,3 +246,28 @@ def crop_scene(rgb: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
     canvas = np.zeros((side, side, 3), np.uint8)
     canvas[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = rgb[..., :3]
     return _to_tensor(Image.fromarray(canvas).resize((size, size), Image.LANCZOS))
+
+
+def masked_frame(rgb: np.ndarray, mask: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """The whole view with every pixel outside the instance's mask black, framed as :func:`crop_scene`.
+
+    The alternative to TRELLIS's crop (``--instance-view masked-frame``): the instance keeps its
+    position and scale in the frame, so the image itself says where it sits in the scene.
+    """
+    if rgb.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"masked_frame: image {rgb.shape[:2]} and mask {mask.shape[:2]} differ in size")
+    if not mask.any():
+        raise ValueError("masked_frame: empty mask (the instance has no pixel)")
+    return crop_scene(rgb[..., :3] * (mask > 0)[..., None].astype(rgb.dtype), size)
+
+
+INSTANCE_VIEWS = ("crop", "masked-frame")
+
+
+def instance_image(rgb: np.ndarray, mask: np.ndarray, size: int = IMAGE_SIZE, view: str = "crop") -> torch.Tensor:
+    """An instance's conditioning image: TRELLIS's crop (``crop``) or the masked whole frame (``masked-frame``)."""
+    if view == "crop":
+        return crop_instance(rgb, mask, size)
+    if view == "masked-frame":
+        return masked_frame(rgb, mask, size)
+    raise ValueError(f"instance view must be one of {INSTANCE_VIEWS}, got {view!r}")

@@ -56,9 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local DINOv2 ViT-L/14-reg (required): a transformers folder (preferred), or a torch.hub layout (repo "
                         "folder, <hub> folder or $TORCH_HOME) -- loading that RUNS the repo's hubconf.py, so only point it at code "
                         "you trust. The torch.hub cache is never used unless named here")
+    p.add_argument("--conditioner-weights", type=Path, default=None,
+                   help="image encoder trained by iscene-train --conditioner learned (a checkpoint's conditioner_ema.safetensors, "
+                        "with its .json beside it); used instead of DINOv2 (then --dinov2 is not needed)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: pipeline.json, 25 released)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength (default: pipeline.json, 5.0 released)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, so a seed gives the same noise on any device)")
+    p.add_argument("--instance-view", choices=("crop", "masked-frame"), default="crop",
+                   help="instance conditioning image: crop = TRELLIS's crop (default; the released weights), masked-frame = the "
+                        "whole view with everything but the instance black (for flows trained with iscene-train --instance-view masked-frame)")
     p.add_argument("--no-sca", action="store_true", help="sample every instance independently, as plain TRELLIS (ablation)")
     p.add_argument("--stage2", action="store_true", help="also run upstream TRELLIS stage 2 per instance (needs the trellis package)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; on a CPU the released "
@@ -198,6 +204,24 @@ def _run_stage2(weights: Path, crops: torch.Tensor, voxels: dict[str, np.ndarray
     return written
 
 
+def load_learned_conditioner(path: Path):
+    """A ``--conditioner learned`` image encoder from ``X.safetensors`` + ``X.json`` (strict)."""
+    from safetensors.torch import load_file
+
+    from iscene_core.conditioning import LearnedConditioner
+
+    cfg_path = path.with_suffix(".json")
+    if not path.is_file() or not cfg_path.is_file():
+        raise InferenceError(f"--conditioner-weights {path}: needs {path.name} and {cfg_path.name} (from an iscene-train checkpoint)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        model = LearnedConditioner(**cfg["args"])
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as exc:
+        raise InferenceError(f"--conditioner-weights {path}: not a learned conditioner ({str(exc).splitlines()[0]})") from None
+    return model.eval().requires_grad_(False)
+
+
 def write_empty_nodes_glb(path: Path, names: list[str], transform) -> dict[str, int]:
     """A valid GLB holding one empty node per name (every instance decoded empty), written atomically.
 
@@ -228,17 +252,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from iscene_core.conditioning import DinoConditioner, crop_instance, crop_scene
+    from iscene_core.conditioning import IMAGE_SIZE, DinoConditioner, crop_scene, instance_image
     from iscene_core.mesh_export import export_scene, save_voxels
     from iscene_core.trellis import load_pipeline
 
     rgb, id_map, ids = load_inputs(args.image, args.masks)
     if args.out.suffix.lower() != ".glb":
         raise InferenceError(f"--out {args.out}: expected a .glb path")
-    if args.dinov2 is None:
+    if args.conditioner_weights is not None:
+        pass
+    elif args.dinov2 is None:
         raise InferenceError("--dinov2 is required: a local DINOv2 ViT-L/14-reg transformers folder (preferred), or a torch.hub "
                              "repo/cache you trust (e.g. --dinov2 \"$TORCH_HOME/hub\"; that runs its hubconf.py)")
-    if not args.dinov2.exists():
+    elif not args.dinov2.exists():
         raise InferenceError(f"--dinov2 {args.dinov2}: no such folder")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -250,17 +276,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.flow_weights is not None:
         _load_flow_weights(flow, args.flow_weights)
     dino_path = args.dinov2
-    try:
-        cond_model = DinoConditioner.from_pretrained(dino_path).to(device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise InferenceError(f"--dinov2: {exc}") from None
+    if args.conditioner_weights is not None:
+        cond_model = load_learned_conditioner(args.conditioner_weights).to(device)
+        dino_path = args.conditioner_weights
+    else:
+        try:
+            cond_model = DinoConditioner.from_pretrained(dino_path).to(device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise InferenceError(f"--dinov2: {exc}") from None
     if cond_model.out_channels != _cond_channels(flow):
         raise InferenceError(f"--dinov2 {dino_path} gives {cond_model.out_channels}-channel tokens but the flow model in "
                              f"{args.weights} expects {_cond_channels(flow)}")
     params = _sampler_params(pipe["sampler"], args.steps, args.cfg)
 
-    crops = torch.stack([crop_scene(rgb)] + [crop_instance(rgb, id_map == i) for i in ids])
-    cond = cond_model.encode(crops.to(device))
+    size = cond_model.config()["image_size"] if hasattr(cond_model, "config") else IMAGE_SIZE  # a learned encoder's own size
+    crops = torch.stack([crop_scene(rgb, size)] + [instance_image(rgb, id_map == i, size, view=args.instance_view) for i in ids])
+    with torch.no_grad():
+        cond = cond_model.encode(crops.to(device))
     log.info("sampling 1 scene + %d instances (%s SCA), %d steps", len(ids), "with" if not args.no_sca else "without", params.get("steps", 25))
     _, logits = sample_scene(flow, decoder, cond, params, seed=args.seed, sca=not args.no_sca, progress=sys.stderr.isatty())
 
@@ -275,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "image": str(args.image), "masks": str(args.masks), "weights": str(args.weights),
         "flow_weights": None if args.flow_weights is None else str(args.flow_weights), "dinov2": str(dino_path),
-        "instances": ids, "sca": not args.no_sca, "seed": args.seed, "device": str(device),
+        "instances": ids, "sca": not args.no_sca, "seed": args.seed, "device": str(device), "instance_view": args.instance_view,
         "flow_dtype": str(flow.dtype).replace("torch.", ""), "decoder_dtype": str(decoder.dtype).replace("torch.", ""),
         "mask_pixels": {f"instance_{i}": int((id_map == i).sum()) for i in ids},
         "faces": faces, "voxels": {k: int(len(v)) for k, v in voxels.items()},

@@ -190,3 +190,35 @@ def test_scene_crop_pads_to_square_and_keeps_the_view():
     assert s[:, 10, 50].max() < 0.02 and s[:, 90, 50].max() < 0.02  # black bands above and below (rows 0-24, 75-99)
     assert s[1, 50, 25] == pytest.approx(1.0, abs=0.02) and s[1, 50, 75] < 0.02  # image in rows 25-74, unflipped
     assert s[1, 26:74, 10].min() > 0.95 and s[1, 30:70, 5:45].mean() == pytest.approx(1.0, abs=0.01)
+
+
+def test_hub_layout_says_it_runs_hubconf_and_transformers_is_preferred(tmp_path, caplog):
+    """Loading from a torch.hub repo executes its hubconf.py: a warning says so each time. A folder
+    holding both layouts is read as the transformers one (no code from the folder runs)."""
+    repo, _ = _tiny_hub_layout(tmp_path / "th")
+    with caplog.at_level("WARNING", logger="iscene.conditioning"):
+        DinoConditioner.from_pretrained(repo)
+    assert "hubconf.py" in caplog.text and str(repo) in caplog.text
+    both = tmp_path / "both"
+    _tiny_transformers_folder(both, channels=32, image_size=56)
+    (both / "hubconf.py").write_text("raise SystemExit('hubconf must not run')\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="iscene.conditioning"):
+        cond = DinoConditioner.from_pretrained(both)
+    assert cond.kind == "transformers" and "hubconf" not in caplog.text
+
+
+def test_features_ignore_a_surrounding_autocast():
+    """Training runs the flow under bf16 autocast; DINOv2 features must stay the fp32 ones inference uses."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    cfg = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=14, image_size=56, num_register_tokens=4)
+    cond = DinoConditioner(Dinov2WithRegistersModel(cfg), "transformers")
+    img = torch.rand(2, 3, 56, 56)
+    ref = cond.encode(img)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cond.encode(img)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)

@@ -157,3 +157,55 @@ def test_loss_weighting_is_a_training_flag(tmp_path):
     assert log_g[0]["loss"] != log_r[0]["loss"]
     cfg = json.loads((tmp_path / "g" / "config.json").read_text())
     assert cfg["loss_weighting"] == "groups" and cfg["scene_weight"] == 0.5
+
+
+def test_instance_view_crop_or_masked_frame(tmp_path):
+    """--instance-view masked-frame: the whole view, black except the instance, framed like the scene image."""
+    import numpy as np
+
+    from iscene_core.conditioning import crop_instance, crop_scene, masked_frame
+    from iscene_core.shards import iter_raw, validate_sample
+    from train.data import DataConfig, decode_sample
+
+    root = make_dataset(tmp_path / "ds", "views", 2, per_shard=2, register=False)
+    key, files = next(iter_raw(sorted((root / "shards").glob("*.tar"))[0]))
+    sample = validate_sample({"__key__": key, **files}, expected_resolution=64)
+    sample["__shard__"] = "x"
+    rgb, inst = sample["rgb"], sample["inst"]
+    ids = [int(i) for i in np.unique(inst) if i]
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    crop = decode_sample(sample, DataConfig(mix="x", image_size=56, instance_view="crop"), rng())
+    frame = decode_sample(sample, DataConfig(mix="x", image_size=56, instance_view="masked-frame"), rng())
+    for j, i in enumerate(ids):
+        torch.testing.assert_close(crop["inst_images"][j], crop_instance(rgb, inst == i, 56))
+        expected = crop_scene(rgb * (inst == i)[..., None].astype(np.uint8), 56)
+        torch.testing.assert_close(frame["inst_images"][j], expected)
+        torch.testing.assert_close(masked_frame(rgb, inst == i, 56), expected)
+        outside = crop_scene(np.repeat(((inst != i) * 255).astype(np.uint8)[..., None], 3, -1), 56)[0] > 0.999
+        assert frame["inst_images"][j][:, outside].abs().max() < 1e-6  # black wherever the instance is not
+    assert TrainConfig(instance_view="masked-frame").instance_view == "masked-frame"
+    with pytest.raises(ValueError, match="--instance-view"):
+        TrainConfig(instance_view="whole").validate()
+
+
+def test_learned_conditioner_trains_jointly_and_serves_inference(tmp_path):
+    """--conditioner learned: no DINOv2 needed; its weights train, are checkpointed (+ EMA, + config) and
+    load in iscene-infer's loader into the same encoder."""
+    from safetensors.torch import load_file
+
+    from iscene_core.infer import load_learned_conditioner
+    from train.models import build_conditioner
+    from train.trainer import train
+
+    root = make_dataset(tmp_path / "ds", "learned", 6)
+    cfg = _cfg(tmp_path / "run", str(root), steps=2, ckpt_every=2, conditioner="learned")
+    train(cfg)
+    ck = tmp_path / "run" / "ckpt" / "step_00000002"
+    init = build_conditioner(cfg, 32).state_dict()
+    trained = load_file(str(ck / "conditioner.safetensors"))
+    assert trained.keys() == init.keys() and not torch.equal(trained["proj.weight"], init["proj.weight"])
+    model = load_learned_conditioner(ck / "conditioner_ema.safetensors")
+    img = torch.rand(1, 3, 28, 28)
+    assert model.encode(img).shape == (1, 1 + 4, 32)
+    with pytest.raises(ValueError, match="drop --dinov2"):
+        TrainConfig(conditioner="learned", dinov2="x").validate()

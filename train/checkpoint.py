@@ -69,8 +69,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, ema, optimizer, rank_rng: list[dict], data: dict,
-                    extra: dict | None = None) -> Path:
-    """Write ``ckpt/step_<step>``; ``rank_rng[r]`` = rank r's :func:`rng_state`, ``data`` = positions."""
+                    extra: dict | None = None, modules: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write ``ckpt/step_<step>``; ``rank_rng[r]`` = rank r's :func:`rng_state`, ``data`` = positions.
+
+    ``modules``: further trained modules saved as ``<name>.safetensors`` (e.g. a learned conditioner
+    and its EMA); a module with a ``config()`` also gets ``<name>.json`` to rebuild it from.
+    """
     ckpt_root = Path(run_dir) / "ckpt"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
@@ -79,6 +83,10 @@ def save_checkpoint(run_dir: Path, step: int, model, ema, optimizer, rank_rng: l
     tmp.mkdir()
     save_file(_state(model), str(tmp / "model.safetensors"))
     save_file(_state(ema), str(tmp / "ema.safetensors"))
+    for name, module in (modules or {}).items():
+        save_file(_state(module), str(tmp / f"{name}.safetensors"))
+        if hasattr(module, "config"):
+            write_json_atomic(tmp / f"{name}.json", {"name": type(module).__name__, "args": module.config()})
     torch.save({"optimizer": optimizer.state_dict(), "ranks": rank_rng}, tmp / "state.pt")
     write_json_atomic(tmp / "data.json", data)
     write_json_atomic(tmp / "meta.json", {"step": step, "world_size": len(rank_rng), "num_workers": data.get("num_workers"),
@@ -117,11 +125,15 @@ def read_resume(path: Path, *, rank: int = 0, world_size: int = 1, num_workers: 
     return meta, ranks[rank], positions
 
 
-def load_weights(path: Path, model, ema, optimizer) -> None:
-    """Model and EMA weights (strict) and the optimizer state of a checkpoint."""
+def load_weights(path: Path, model, ema, optimizer, modules: dict[str, torch.nn.Module] | None = None) -> None:
+    """Model and EMA weights (strict), further ``modules`` and the optimizer state of a checkpoint."""
     path = Path(path)
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     ema.load_state_dict(load_file(str(path / "ema.safetensors")), strict=True)
+    for name, module in (modules or {}).items():
+        if not (path / f"{name}.safetensors").is_file():
+            raise ResumeMismatch(f"{path} has no {name}.safetensors: it was trained with another --conditioner")
+        module.load_state_dict(load_file(str(path / f"{name}.safetensors")), strict=True)
     optimizer.load_state_dict(torch.load(path / "state.pt", weights_only=True)["optimizer"])
 
 

@@ -134,7 +134,12 @@ def cache_latents_main(argv: list[str]) -> int:
     _add_config_flags(p, CACHE_FLAGS)
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda if available, else cpu)")
     p.add_argument("--debug", action="store_true", help="show the full traceback when caching fails")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2:
+            return 2
+        raise
     try:
         cfg = config_from_args(args)
         check_paths(cfg)
@@ -172,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return vae_main(argv[1:])
     if argv and argv[0] == "cache-latents":
         return cache_latents_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad arguments were reported in one line; return the code to callers of main()
+        if exc.code == 2:
+            return 2
+        raise
     try:
         cfg = config_from_args(args)
         check_paths(cfg)

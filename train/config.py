@@ -67,6 +67,12 @@ class TrainConfig:
     verify: bool = _f(True, "check each shard's sha256 against dataset.json when first opened (--no-verify skips it)")
     max_bad_fraction: float = _f(0.05, "stop when more than this fraction of the samples read so far (after the first 20) "
                                  "fail validation; bad samples below it are skipped and counted")
+    conditioner: str = _f("dinov2", "image features: dinov2 = frozen DINOv2 (--dinov2, TRELLIS), learned = a small image encoder "
+                          "trained jointly with the flow (runs without DINOv2 weights; saved as conditioner*.safetensors)",
+                          choices=("dinov2", "learned"))
+    instance_view: str = _f("crop", "instance conditioning image: crop = TRELLIS's crop (mask box x1.2, black outside the mask), "
+                            "masked-frame = the whole view with everything but the instance blacked out (iscene-infer "
+                            "--instance-view must match)", choices=("crop", "masked-frame"))
     latents: str = _f("auto", "where training latents come from: cache = precomputed by `iscene-train cache-latents` (required), "
                       "encode = the frozen encoder in every step, auto = the cache when every shard has one",
                       choices=("auto", "cache", "encode"))
@@ -118,6 +124,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if self.conditioner == "learned" and self.dinov2:
+            raise ValueError("--conditioner learned trains its own image encoder: drop --dinov2")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: pick one")
 

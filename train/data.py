@@ -30,7 +30,7 @@ import torch
 
 from iscene_core import space
 from iscene_core.space import GRID_RESOLUTION
-from iscene_core.conditioning import IMAGE_SIZE, crop_instance, crop_scene
+from iscene_core.conditioning import IMAGE_SIZE, crop_scene, instance_image
 from iscene_core.shards import SampleError, parse_mix, resolve, validate_sample
 from iscene_core.shards.registry import DatasetEntry
 from train.shard_io import READ_ERRORS, DataError, read_shard, verify_shard
@@ -53,6 +53,7 @@ class DataConfig:
     resolution: int = GRID_RESOLUTION
     verify: bool = True
     max_bad_fraction: float = 0.05
+    instance_view: str = "crop"  # crop (TRELLIS) | masked-frame (iscene_core.conditioning.instance_image)
     latents: str = "encode"  # encode (occupancy grids in the batch) | cache (cached latents in the batch)
     encoder_id: str | None = None  # which encoder's latent cache to read (train.latent_cache.encoder_id)
 
@@ -266,7 +267,7 @@ def decode_sample(sample: dict, cfg: DataConfig, rng: np.random.Generator) -> di
     if len(ids) > cfg.max_instances:
         ids = sorted(rng.choice(ids, size=cfg.max_instances, replace=False).tolist())
     out = {"key": sample["key"], "scene_image": crop_scene(rgb, cfg.image_size),
-           "inst_images": [crop_instance(rgb, inst == i, cfg.image_size) for i in ids]}
+           "inst_images": [instance_image(rgb, inst == i, cfg.image_size, cfg.instance_view) for i in ids]}
     if cfg.latents == "cache":
         from train.latent_cache import read_latents
 

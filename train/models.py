@@ -66,13 +66,20 @@ def build_models(cfg: TrainConfig, device: torch.device, encoder: torch.nn.Modul
     cond = build_conditioner(cfg, int(flow.blocks[0].cross_attn.to_kv.in_features))
     flow.sca_enabled = cfg.sca
     flow.use_checkpoint = cfg.use_grad_checkpointing
-    for m in (encoder, decoder, cond):
+    for m in (encoder, decoder) if cfg.conditioner == "learned" else (encoder, decoder, cond):
         m.eval().requires_grad_(False)
     return flow.to(device), encoder.to(device), decoder.to(device), cond.to(device)
 
 
 def build_conditioner(cfg: TrainConfig, channels: int):
-    """DINOv2 from --dinov2 (width checked against the flow), or a tiny random one for tiny runs."""
+    """DINOv2 from --dinov2 (width checked against the flow), a tiny random one for tiny runs, or a
+    trained-from-scratch :class:`~iscene_core.conditioning.LearnedConditioner` (``--conditioner learned``)."""
+    if cfg.conditioner == "learned":
+        from iscene_core.conditioning import LearnedConditioner
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 104729)
+            return LearnedConditioner(channels, cfg.crop_size)
     if cfg.dinov2:
         from iscene_core.conditioning import DinoConditioner
 

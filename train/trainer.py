@@ -29,7 +29,7 @@ from iscene_core.shards import FolderLock
 from train.checkpoint import (latest_checkpoint, load_weights, prepare_run_dir, read_resume, restore_rng, rng_state,
                               save_checkpoint)
 from train.config import TrainConfig
-from train.data import DataConfig, build_loader
+from train.data import DataConfig, build_loader, check_sources
 from train.models import build_encoder, build_models, encode_latents, encoder_id, tiny_dinov2  # noqa: F401 (re-export)
 
 # ------------------------------------------------------------------------------------- setup --
@@ -69,7 +69,6 @@ def choose_latents(cfg: TrainConfig, encoder: torch.nn.Module) -> tuple[str, str
     """("cache", id) when training reads cached latents, else ("encode", None), per ``--latents``."""
     if cfg.latents == "encode":
         return "encode", None
-    from train.data import check_sources
     from train.latent_cache import missing_caches
 
     eid = encoder_id(encoder)
@@ -132,8 +131,9 @@ def latents_of(rows: Rows, encoder: torch.nn.Module) -> torch.Tensor:
 
 
 def condition_of(rows: Rows, cond_model) -> torch.Tensor:
-    """(R, L, C) fp32 DINOv2 tokens, computed exactly as ``iscene-infer`` computes them."""
-    return cond_model.encode(rows.images)
+    """(R, L, C) fp32 image tokens, computed exactly as ``iscene-infer`` computes them (frozen DINOv2
+    without gradients; a ``--conditioner learned`` encoder with them)."""
+    return cond_model(rows.images)
 
 
 def loss_of(model, x0: torch.Tensor, cond: torch.Tensor, rows: Rows, cfg: TrainConfig, gen: torch.Generator, world: int,
@@ -154,13 +154,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def optimizer_step(flow: torch.nn.Module, opt, loss: torch.Tensor, step: int, cfg: TrainConfig, keys: list[str]) -> float:
+def optimizer_step(params: list[torch.nn.Parameter], opt, loss: torch.Tensor, step: int, cfg: TrainConfig, keys: list[str]) -> float:
     """Backward, clip, step; returns the gradient norm. A non-finite loss stops the run naming the batch."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"step {step}: loss is {loss.item()} (batch keys {keys})")
     opt.step()
@@ -256,6 +256,7 @@ class RunLog:
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the last logged metrics. Rank 0 logs and writes checkpoints."""
     cfg.validate()
+    check_sources(cfg.mix)  # an unknown or empty dataset is reported before the run folder is touched
     rank, world, device = setup_distributed()
     out = Path(cfg.out)
     with ExitStack() as stack:
@@ -279,15 +280,22 @@ def train(cfg: TrainConfig) -> dict:
 
         # --- models, optimizer, this rank's random streams
         flow, encoder, decoder, cond_model = build_models(cfg, device, encoder=encoder)
-        ema = copy.deepcopy(flow).requires_grad_(False)
-        opt = torch.optim.AdamW(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        trained = {"flow": (flow, copy.deepcopy(flow).requires_grad_(False))}
+        if cfg.conditioner == "learned":  # trained jointly, with its own EMA
+            trained["conditioner"] = (cond_model, copy.deepcopy(cond_model).requires_grad_(False))
+        ema = trained["flow"][1]
+        params = [q for m, _ in trained.values() for q in m.parameters()]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+        extra_modules = {"conditioner": cond_model, "conditioner_ema": trained["conditioner"][1]} if "conditioner" in trained else {}
         if ckpt is not None:
-            load_weights(ckpt, flow, ema, opt)
+            load_weights(ckpt, flow, ema, opt, extra_modules)
             restore_rng(rng, gen)
             if rank == 0:
                 print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
         model = torch.nn.parallel.DistributedDataParallel(flow) if world > 1 else flow
+        if world > 1 and cfg.conditioner == "learned":
+            cond_model = torch.nn.parallel.DistributedDataParallel(cond_model)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
         log = RunLog(out, rank, world)
         data_pos: list = list(positions) if positions is not None else [None] * nw
@@ -303,8 +311,9 @@ def train(cfg: TrainConfig) -> dict:
             x0 = latents_of(rows, encoder)                                          # latents
             cond = condition_of(rows, cond_model)                                   # condition
             loss, per_row = loss_of(model, x0, cond, rows, cfg, gen, world, autocast)  # loss
-            grad_norm = optimizer_step(flow, opt, loss, step, cfg, batch["key"])    # step
-            ema_update(ema, flow, cfg.ema_decay)                                    # EMA
+            grad_norm = optimizer_step(params, opt, loss, step, cfg, batch["key"])  # step
+            for m, m_ema in trained.values():                                       # EMA
+                ema_update(m_ema, m, cfg.ema_decay)
             step += 1
             log.step_done(len(rows.is_scene), wait)
             if step % cfg.log_every == 0 or step == cfg.steps:                      # log
@@ -312,19 +321,21 @@ def train(cfg: TrainConfig) -> dict:
             if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
                 _log_samples(log, ema, decoder, x0, cond, rows, gen, cfg, step)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:                     # checkpoint
-                _checkpoint(out, step, flow, ema, opt, gen, data_pos, rank, world, cfg)
+                _checkpoint(out, step, flow, ema, opt, gen, data_pos, rank, world, cfg, extra_modules)
         log.close()
         _barrier(world)
     return metrics
 
 
-def _checkpoint(out: Path, step: int, flow, ema, opt, gen, data_pos: list, rank: int, world: int, cfg: TrainConfig) -> None:
+def _checkpoint(out: Path, step: int, flow, ema, opt, gen, data_pos: list, rank: int, world: int, cfg: TrainConfig,
+                modules: dict | None = None) -> None:
     """Every rank's RNG and data position gathered to rank 0, which writes the checkpoint."""
     rngs = _gather(rng_state(gen), world)
     positions = _gather(data_pos, world)
     if rank == 0:
         save_checkpoint(out, step, flow, ema, opt, rngs, {"world_size": world, "num_workers": cfg.num_workers, "ranks": positions},
-                        extra={"sca": cfg.sca, "mix": cfg.mix})
+                        extra={"sca": cfg.sca, "mix": cfg.mix, "conditioner": cfg.conditioner, "instance_view": cfg.instance_view},
+                        modules=modules)
 
 
 def _log_samples(log: RunLog, ema, decoder, x0, cond, rows: Rows, gen, cfg: TrainConfig, step: int) -> None:
