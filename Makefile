@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-slow test-all bench clean
+.PHONY: venv demo test test-slow test-all bench clean repro repro-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,14 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+# The paper's component ablation at nano scale, end to end on a CPU (docs/STUDIES.md); rerun to resume.
+repro: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/iscene-sweep studies/ablation-nano.yaml --out studies/ablation-nano
+
+# The same chain with every cell shrunk to a few scenes and steps (minutes): checks it runs.
+repro-smoke: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/iscene-sweep studies/ablation-nano.yaml --out studies/ablation-nano-smoke --smoke
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
