@@ -300,3 +300,32 @@ def test_prefix_dataset_holds_the_first_samples(small_dataset, tmp_path):
     assert parse_sized("rand25k@5000") == ("rand25k", 5000) and parse_sized("x") == ("x", None)
     with pytest.raises(ValueError):
         parse_sized("x@abc")
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
+    """studies/ablation-nano.yaml --smoke with two of its cells: catalogs, datagen, prefix, benches,
+    VAE, training and iscene-eval predict + score all run for real (~10-20 min on a loaded 2-core CPU)."""
+    import yaml
+
+    from train.sweep import run_study
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("ISCENE_CACHE", str(tmp_path / "cache"))
+    spec = yaml.safe_load((REPO / "studies" / "ablation-nano.yaml").read_text())
+    spec["cells"] = {k: spec["cells"][k] for k in ("full", "no-sca")}
+    study = tmp_path / "nano.yaml"
+    study.write_text(yaml.safe_dump(spec))
+    res = run_study(study, tmp_path / "out", executor="local", smoke=True)
+    bad = {sid: r.get("error") for sid, r in res["records"].items() if r["status"] not in ("ok", "cached")}
+    assert not bad, bad
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    groups = {g["group"]: g for g in doc["groups"]}
+    for g in ("full", "no-sca"):
+        for bench in ("ood-rand", "train-fit"):
+            m = groups[g]["metrics"][f"{bench}/iou_b"]["mean"]
+            assert 0.0 <= m <= 1.0
+    assert doc["vae"]["held_out_iou"] >= 0.0
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "smoke run" in report and "| full |" in report and "| no-sca |" in report

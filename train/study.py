@@ -202,7 +202,14 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
             b["n"] = min(int(b["n"]), int(sm["bench_n"]))
         elif smoke:
             b["n"] = int(sm["bench_n"])
-        add(Stage(f"bench/{name}", "bench", str(out / "benches" / _safe(name)), {"name": name, **b}, [data_stage(b["from"])]))
+        deps = [data_stage(b["from"])]
+        src = datasets.get(parse_sized(b["from"])[0], {})
+        if src.get("catalog"):  # make-bench finds the ground-truth meshes in the dataset's own catalog
+            b["catalog"] = src["catalog"]
+            deps.append(f"catalog/{src['catalog']}")
+        elif src.get("assets"):
+            b.setdefault("args", {})["assets"] = str(src["assets"])
+        add(Stage(f"bench/{name}", "bench", str(out / "benches" / _safe(name)), {"name": name, **b}, deps))
 
     vae_id = None
     if spec.get("vae"):

@@ -147,6 +147,8 @@ def run_bench(stage: Stage, deps: dict, ctx: RunContext) -> dict:
     cmd = _tool("iscene-eval") + ["make-bench", "--from", src, "--out", str(out), "--name", c["name"], "--no-progress"]
     if c.get("n"):
         cmd += ["--n", str(c["n"])]
+    if c.get("catalog"):
+        cmd += ["--assets", deps[f"catalog/{c['catalog']}"]["path"]]
     run_cmd(cmd + _flags(c.get("args")), stage, ctx)
     return {"path": str(out.resolve())}
 
