@@ -208,7 +208,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out / "tb"))
-        self.bad_total, self.seen = 0, 0
+        self.bad_total, self.seen, self.seen_by_role = 0, 0, {}
         self.t_last, self.wait, self.rows, self.steps = time.perf_counter(), 0.0, 0, 0
 
     def _append(self, record: dict) -> None:
@@ -217,7 +217,8 @@ class RunLog:
 
     def data(self, batch: dict, step: int) -> None:
         """Count and report the samples the data pipeline rejected while making this batch."""
-        self.seen = max(self.seen, int(batch.get("seen", 0)))
+        self.seen_by_role[batch.get("role", 0)] = int(batch.get("seen", 0))  # each data worker counts its own reads
+        self.seen = sum(self.seen_by_role.values())
         for ev in batch.get("bad", []):
             self.bad_total += 1
             print(f"iscene-train: warning: skipped bad sample {ev['key']} of {ev['shard']}: {ev['reason']}", file=sys.stderr)
