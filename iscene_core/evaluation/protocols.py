@@ -205,8 +205,8 @@ def score_scene(protocol: Protocol, key: str, gt: dict[int, trimesh.Trimesh], pr
         pr_scene = np.concatenate([pr_pts[i] for i in sorted(pr_pts)]) if pr_pts else np.zeros((0, 3))
     else:
         n_scene = points or protocol.per_scene_points
-        gt_union = trimesh.util.concatenate([gt_f[i] for i in sorted(gt_f)])
-        pr_list = [pred_f[i] for i in sorted(pred_f)]
+        gt_union = trimesh.util.concatenate(_geometric_order(gt_f))
+        pr_list = _geometric_order(pred_f)
         pr_union = trimesh.util.concatenate(pr_list) if pr_list else None
         if protocol.frustum_clip and camera is not None:
             gt_scene = sample_points_in_frustum(gt_union, n_scene, _seed(key, "scene"), camera, view_to_cam, np.linalg.inv(F))
@@ -261,6 +261,15 @@ def score_scene(protocol: Protocol, key: str, gt: dict[int, trimesh.Trimesh], pr
     row["f_o"] = _mean([o["f"] for o in objects if o["f"] is not None]) if protocol.object_level else None
     row["iou_b"] = _mean([o["iou_b"] for o in objects])
     return row
+
+
+def _geometric_order(meshes: dict[int, trimesh.Trimesh]) -> list[trimesh.Trimesh]:
+    """Meshes in an order fixed by their geometry, not their ids: union protocols ignore ids, so
+    the same geometry under other ids must give the same sampled points."""
+    def key(m: trimesh.Trimesh):
+        return tuple(np.round(np.asarray(m.vertices).mean(axis=0), 9)) + (len(m.faces),)
+
+    return sorted(meshes.values(), key=key)
 
 
 def pairs_inv(pairs: dict[int, int], pred_id: int) -> int:
