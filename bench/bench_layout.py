@@ -67,9 +67,11 @@ def main() -> None:
         for spec in checks[:10]:
             meshes = []
             for inst in spec["instances"]:
-                m = lib.canonical(inst["uid"]).copy()
+                m = lib.posed(inst["uid"], inst["pose"])[0].copy()
                 m.apply_scale(inst["size"])
-                meshes.append((m, np.asarray(inst["object_to_world"]) @ np.linalg.inv(np.asarray(lib.by_uid[inst["uid"]].normalization)) @ np.diag([1 / inst["size"]] * 3 + [1])))
+                # world = T R S P N x: the posed mesh at ``size`` moves by T R = o2w (P N)^-1 S^-1
+                pn = lib.posed(inst["uid"], inst["pose"])[1] @ np.asarray(lib.by_uid[inst["uid"]].normalization)
+                meshes.append((m, np.asarray(inst["object_to_world"]) @ np.linalg.inv(pn) @ np.diag([1 / inst["size"]] * 3 + [1])))
             t0 = time.perf_counter()
             for k in range(1, len(meshes)):
                 cm = trimesh.collision.CollisionManager()
@@ -77,7 +79,7 @@ def main() -> None:
                     cm.add_object(str(j), meshes[j][0], transform=meshes[j][1])
                 cm.min_distance_single(meshes[k][0], transform=meshes[k][1])
             obvious_check.append((time.perf_counter() - t0) * 1e3)
-            objs = [physics.fcl_object(lib.sized(inst["uid"], inst["size"]), 0.0, np.zeros(3)) for inst in spec["instances"]]
+            objs = [physics.fcl_object(lib.sized(inst["uid"], inst["size"], inst["pose"]), 0.0, np.zeros(3)) for inst in spec["instances"]]
             for o, (_, T) in zip(objs, meshes):
                 import fcl
 

@@ -1,8 +1,15 @@
 """View-centric cameras for random scenes, and the visibility estimate every scene source uses.
 
-A camera looks at the centre of the scene's box from a random elevation and azimuth with a random
-field of view; its distance is the smallest that keeps every instance's box inside the frame with a
-margin. A view where some instance would be (almost) entirely hidden behind others is resampled.
+A camera looks at the centre of the scene from a random elevation and azimuth with a random field
+of view. Its distance frames the scene: by default (``fill``) the camera backs off from the closest
+distance that keeps every instance's surface inside the frame (with a margin) only as far as needed
+for the instances to cover about ``fill`` of the image, so scenes do not shrink to a small patch or a
+strip. ``occlusion`` asks for views where instances hide each other (the paper's failure mode:
+"heavy": a third of the instances at most 60 % visible, from lower elevations), views where none
+does ("none": all >= 90 % visible), or a third of the views heavy ("mixed", the default). Before
+anything is rendered, a view is resampled when some instance would be (almost) hidden
+behind others or would cover fewer than ``min_instance_pixels`` visible pixels (estimated by
+splatting surface samples), instead of the view being dropped after rendering.
 """
 
 from __future__ import annotations
@@ -25,9 +32,13 @@ class CameraConfig:
     height: int = 518
     elevation_deg: tuple[float, float] = (5.0, 60.0)
     fov_deg: tuple[float, float] = (35.0, 65.0)
-    frame_margin: float = 0.06
+    frame_margin: float = 0.02
     min_visible_fraction: float = 0.05
     tries_per_view: int = 40
+    fill: float | None = 0.4  # target share of the image the scene covers; None = fit the scene's box
+    min_instance_pixels: int = 32  # estimated visible pixels per instance at the output resolution
+    candidates: int = 6  # random viewpoints per try; the one with the largest frame fill is kept
+    occlusion: str = "mixed"  # none: every instance >= 90 % visible; heavy: a third of them <= 60 %; mixed: heavy in 1/3 of views
 
 
 def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:
@@ -45,19 +56,27 @@ def _inside_frame(K, w2c, points, width, height, margin) -> bool:
 
 
 def fit_distance(K, direction, target, corners, width, height, margin) -> float | None:
-    """Smallest camera distance along ``direction`` (unit, from target to eye) framing ``corners``."""
+    """Smallest camera distance along ``direction`` (unit, from target to eye) framing ``corners``.
+
+    Closed form: the camera's rotation does not depend on its distance d, so a point at camera
+    coordinates (X, Y, Z) at d = 0 is at (X, Y, Z + d), and staying inside the frame with the margin
+    is a lower bound on Z + d per point and axis. (Bounded to [1.01, 50] x the points' radius.)
+    """
+    K = np.asarray(K, dtype=np.float64)
+    corners = np.asarray(corners, dtype=np.float64)
     radius = float(np.max(np.linalg.norm(corners - target, axis=1)))
-    lo, hi = radius * 1.01, radius * 50.0
-
-    def ok(d):
-        return _inside_frame(K, space.look_at_world_to_cam(target + d * direction, target), corners, width, height, margin)
-
-    if not ok(hi):
-        return None
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return hi
+    w2c = np.asarray(space.look_at_world_to_cam(target + radius * direction, target), dtype=np.float64)
+    p = (corners - target) @ w2c[:3, :3].T  # camera axes, origin at the target
+    need = [np.full(len(p), 1e-3 - p[:, 2] + 1e-9)]
+    for axis, size, m in ((0, width, margin * width), (1, height, margin * height)):
+        f, c = K[axis, axis], K[axis, 2]
+        lo, hi = (m - c) / f, (size - m - c) / f  # allowed range of X / (Z + d)
+        if lo >= 0 or hi <= 0:
+            return None
+        x = p[:, axis]
+        need.append(np.where(x >= 0, x / hi, x / lo) - p[:, 2])
+    d = max(float(np.max(np.concatenate(need))), radius * 1.01)
+    return d * (1 + 1e-9) if d <= radius * 50.0 else None
 
 
 def _mesh_points(mesh: trimesh.Trimesh, n: int = SAMPLES_PER_MESH) -> np.ndarray:
@@ -104,6 +123,117 @@ def visible_fractions(
     return fractions
 
 
+FILL_WIDTH = 48  # pixels of the buffer the frame fill is estimated in (coarse: sparse splats fill it)
+
+
+def view_estimates(camera: dict, points: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(visible fraction per instance, visible pixels per instance at the camera's resolution,
+    frame fill): estimates from splatted surface samples, for choosing views before rendering.
+
+    A splatted pixel belongs to the instance with the nearest sample there; another instance's
+    sample in the same pixel counts as visible only within 0.2 % of the depth (``visible_fractions``
+    allows 1 % for any sample, which lets an instance right behind another look visible).
+    """
+    w, h = int(camera["width"]), int(camera["height"])
+    s = VISIBILITY_WIDTH / w
+    K = np.asarray(camera["K"], dtype=np.float64).copy()
+    K[:2] *= s
+    W, H = VISIBILITY_WIDTH, max(1, int(round(h * s)))
+    ids = np.concatenate([np.full(len(p), i) for i, p in enumerate(points)])
+    uv, z = space.project_points(K, camera["world_to_cam"], np.concatenate(points))
+    keep = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    pix = np.floor(uv[keep]).astype(np.int64)
+    lin, zk, idk = pix[:, 1] * W + pix[:, 0], z[keep], ids[keep]
+    order = np.lexsort((zk, lin))  # by pixel, nearest first
+    first = np.ones(len(order), bool)
+    first[1:] = lin[order][1:] != lin[order][:-1]
+    owner = np.full(W * H, -1)
+    dmin = np.full(W * H, np.inf)
+    owner[lin[order][first]] = idk[order][first]
+    dmin[lin[order][first]] = zk[order][first]
+    tol = 0.002 * (np.median(zk) if len(zk) else 0.0)
+    visible = (owner[lin] == idk) | (zk <= dmin[lin] + tol)
+    n = len(points)
+    frac, px = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        mine = idk == i
+        amodal = np.unique(lin[mine])
+        if len(amodal):
+            vis = np.unique(lin[mine & visible])
+            frac[i] = len(vis) / len(amodal)
+            px[i] = len(vis) / (s * s)
+    return frac, px, frame_fill(camera, points)
+
+
+def frame_fill(camera: dict, points: list[np.ndarray]) -> float:
+    """Share of the image covered by the instances (splat union at FILL_WIDTH, gaps closed)."""
+    from scipy import ndimage
+
+    w, h = int(camera["width"]), int(camera["height"])
+    s = FILL_WIDTH / w
+    K = np.asarray(camera["K"], dtype=np.float64).copy()
+    K[:2] *= s
+    W, H = FILL_WIDTH, max(1, int(round(h * s)))
+    uv, z = space.project_points(K, camera["world_to_cam"], np.concatenate(points))
+    ok = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    cov = np.zeros((H, W), bool)
+    ij = np.floor(uv[ok]).astype(np.int64)
+    cov[ij[:, 1], ij[:, 0]] = True
+    cov = ndimage.binary_closing(cov, structure=np.ones((3, 3), bool), border_value=0) | cov
+    return float(cov.mean())
+
+
+RASTER_WIDTH = 128  # pixels of the exact visibility check of a chosen view
+
+
+def raster_visibility(camera: dict, meshes_world: list[trimesh.Trimesh], width: int = RASTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    """(visible pixels per instance at the camera's resolution, visible / amodal fraction), from an
+    exact z-buffer of the meshes at ``width`` pixels (datagen.raster): splats of large, sparsely
+    sampled instances leak, so a chosen view is confirmed this way."""
+    from datagen.raster import rasterize
+
+    w, h = int(camera["width"]), int(camera["height"])
+    s = min(1.0, width / w)
+    K = np.asarray(camera["K"], dtype=np.float64).copy()
+    K[:2] *= s
+    W, H = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    depth = np.full((H, W), np.inf)
+    ids = np.zeros((H, W), np.int64)
+    amodal = np.zeros(len(meshes_world))
+    for i, m in enumerate(meshes_world, start=1):
+        mask, d = rasterize(K, camera["world_to_cam"], m.vertices, m.faces, W, H, with_depth=True)
+        amodal[i - 1] = mask.sum()
+        nearer = d < depth
+        depth[nearer], ids[nearer] = d[nearer], i
+    visible = np.bincount(ids.ravel(), minlength=len(meshes_world) + 1)[1:].astype(np.float64)
+    return visible / (s * s), np.divide(visible, amodal, out=np.zeros_like(visible), where=amodal > 0)
+
+
+OCCLUSION = ("none", "mixed", "heavy")
+HEAVY_VISIBLE = 0.6  # "heavy": some instance shows at most this fraction of itself
+NONE_VISIBLE = 0.9  # "none": every instance shows at least this fraction
+
+
+def occlusion_ok(fractions: np.ndarray, mode: str) -> bool:
+    """Whether a view's visible fractions match the occlusion mode of that view ("none"/"heavy";
+    "any" accepts everything above the minimum visible fraction)."""
+    if mode == "none":
+        return bool(np.min(fractions) >= NONE_VISIBLE)
+    if mode == "heavy":
+        return bool(np.sum(fractions <= HEAVY_VISIBLE) >= max(1, len(fractions) // 3))
+    return True
+
+
+def _hull_points(points: list[np.ndarray]) -> np.ndarray:
+    from scipy.spatial import ConvexHull
+
+    allp = np.concatenate(points)
+    try:
+        return allp[ConvexHull(allp).vertices]
+    except Exception:  # degenerate (flat) point set: use them all
+        return allp
+
+
 def sample_cameras(
     meshes_world: list[trimesh.Trimesh],
     aabbs: np.ndarray,
@@ -116,24 +246,77 @@ def sample_cameras(
     ``points``: per-instance world surface samples for the visibility estimate (sampled from the
     meshes when not given).
     """
-    lo, hi = aabbs[:, 0].min(axis=0), aabbs[:, 1].max(axis=0)
-    target = 0.5 * (lo + hi)
-    corners = np.concatenate([np.where(np.array(b, bool), aabbs[:, 1], aabbs[:, 0]) for b in np.ndindex(2, 2, 2)])
     points = points if points is not None else [_mesh_points(m) for m in meshes_world]
+    if cfg.fill is None:  # the scene's box, as before ``fill`` existed
+        lo, hi = aabbs[:, 0].min(axis=0), aabbs[:, 1].max(axis=0)
+        frame_pts = np.concatenate([np.where(np.array(b, bool), aabbs[:, 1], aabbs[:, 0]) for b in np.ndindex(2, 2, 2)])
+    else:  # the surfaces themselves: a box's empty corners do not push the camera back
+        frame_pts = _hull_points(points)
+        lo, hi = frame_pts.min(axis=0), frame_pts.max(axis=0)
+    centre = 0.5 * (lo + hi)
     cams: list[dict] = []
     for _ in range(cfg.views_per_scene):
+        # per view: "mixed" draws heavy occlusion for a third of the views, any for the rest
+        mode = cfg.occlusion if cfg.occlusion != "mixed" else ("heavy" if rng.uniform() < 1 / 3 else "any")
+        elevation = (cfg.elevation_deg[0], min(cfg.elevation_deg[1], 35.0)) if mode == "heavy" else cfg.elevation_deg
         for _ in range(cfg.tries_per_view):
-            elev = np.radians(rng.uniform(*cfg.elevation_deg))
-            azim = rng.uniform(0, 2 * np.pi)
-            fov = rng.uniform(*cfg.fov_deg)
-            direction = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
-            K = intrinsics(fov, cfg.width, cfg.height)
-            d = fit_distance(K, direction, target, corners, cfg.width, cfg.height, cfg.frame_margin)
-            if d is None:
+            # best of a few random viewpoints by frame fill: an elongated scene seen along its long
+            # side fills a square image better than one seen end-on (and vice versa)
+            cands = []
+            for _ in range(cfg.candidates if cfg.fill is not None else 1):
+                elev = np.radians(rng.uniform(*elevation))
+                azim = rng.uniform(0, 2 * np.pi)
+                fov = rng.uniform(*cfg.fov_deg)
+                direction = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+                K = intrinsics(fov, cfg.width, cfg.height)
+                framed = _framed_camera(K, direction, centre, frame_pts, points, cfg)
+                if framed is not None:
+                    cands.append(framed)
+            if not cands:
                 continue
-            cam = {"K": K.tolist(), "world_to_cam": space.look_at_world_to_cam(target + d * direction, target).tolist(),
-                   "width": cfg.width, "height": cfg.height}
-            if np.min(visible_fractions(cam, meshes_world, points=points)) >= cfg.min_visible_fraction:
-                cams.append(cam)
-                break
+            cam = max(cands, key=lambda c: c[0])[1]
+            frac, px, _ = view_estimates(cam, points)
+            if np.min(frac) < cfg.min_visible_fraction or np.min(px) < cfg.min_instance_pixels:
+                continue
+            if meshes_world and meshes_world[0] is not None and (cfg.min_instance_pixels > 0 or mode != "any"):
+                vis_px, vis_frac = raster_visibility(cam, meshes_world)
+                if np.min(vis_px) < cfg.min_instance_pixels or np.min(vis_frac) < cfg.min_visible_fraction:
+                    continue
+                if not occlusion_ok(vis_frac, mode):
+                    continue
+            cams.append(cam)
+            break
     return cams
+
+
+def _framed_camera(K, direction, centre, frame_pts, points, cfg: CameraConfig) -> tuple[float, dict] | None:
+    """(estimated frame fill, camera) along ``direction`` framing ``frame_pts``; with ``cfg.fill``,
+    aimed at the centre of their projection (perspective puts the 3-D centre off-centre) and backed
+    off to about ``fill``."""
+    target = np.asarray(centre, dtype=np.float64)
+
+    def camera(t, dist: float) -> dict:
+        return {"K": K.tolist(), "world_to_cam": space.look_at_world_to_cam(t + dist * direction, t).tolist(),
+                "width": cfg.width, "height": cfg.height}
+
+    d = fit_distance(K, direction, target, frame_pts, cfg.width, cfg.height, cfg.frame_margin)
+    if d is None:
+        return None
+    if cfg.fill is None:
+        return 0.0, camera(target, d)
+    for _ in range(2):  # re-aim at the projected box's centre, then fit again
+        w2c = space.look_at_world_to_cam(target + d * direction, target)
+        uv, _ = space.project_points(K, w2c, frame_pts)
+        off = 0.5 * (uv.min(axis=0) + uv.max(axis=0)) - np.array([cfg.width / 2.0, cfg.height / 2.0])
+        r = np.linalg.inv(np.asarray(w2c)[:3, :3])  # camera axes (x right, y down) in world
+        new = target + d * (off[0] / K[0, 0] * r[:, 0] + off[1] / K[1, 1] * r[:, 1])
+        d_new = fit_distance(K, direction, new, frame_pts, cfg.width, cfg.height, cfg.frame_margin)
+        if d_new is None:
+            break
+        target, d = new, d_new
+    cam = camera(target, d)
+    f = frame_fill(cam, points)
+    if f > cfg.fill * 1.05:  # fill ~ 1 / distance^2: back off to about ``fill``
+        cam = camera(target, d * float(np.sqrt(f / cfg.fill)))
+        f = cfg.fill
+    return f, cam

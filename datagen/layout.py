@@ -56,7 +56,7 @@ class LayoutConfig:
     relation_probs: dict = field(default_factory=lambda: {"left_of": 0.2, "right_of": 0.2, "in_front_of": 0.2, "behind": 0.2, "on_top_of": 0.2})
     floor_size: tuple[float, float] = (0.25, 1.5)  # largest side of floor-standing instances
     top_size_ratio: tuple[float, float] = (0.2, 0.7)  # on-top instance size / support's smaller top side
-    floor_gap: tuple[float, float] = (0.03, 0.5)  # horizontal gap for left/right/front/behind
+    floor_gap: tuple[float, float] = (0.02, 0.25)  # horizontal gap for left/right/front/behind (compact: frame fill)
     support_gap: tuple[float, float] = (0.0005, 0.003)  # vertical gap to the support, inside (0, 5 mm]
     tries_per_instance: int = 30
     scene_tries: int = 6
@@ -66,13 +66,17 @@ class LayoutConfig:
     elevation_deg: tuple[float, float] = (5.0, 60.0)
     fov_deg: tuple[float, float] = (35.0, 65.0)
     min_visible_fraction: float = 0.05
+    fill: float | None = 0.4  # target share of the frame the scene covers (None: fit the scene's box)
+    min_instance_pixels: int = 32  # estimated visible pixels per instance, enforced before rendering
+    occlusion: str = "mixed"  # none | mixed | heavy (datagen.cameras)
     asset_weights: dict | None = None  # uid -> weight; None = uniform
     cover_assets: bool = True  # scene i's first instance is asset i mod N of a seeded permutation
     settle: SettleConfig = field(default_factory=SettleConfig)
 
     def camera_config(self) -> CameraConfig:
         return CameraConfig(self.views_per_scene, self.width, self.height, self.elevation_deg, self.fov_deg,
-                            min_visible_fraction=self.min_visible_fraction)
+                            min_visible_fraction=self.min_visible_fraction, fill=self.fill,
+                            min_instance_pixels=self.min_instance_pixels, occlusion=self.occlusion)
 
 
 class AssetLibrary:

@@ -33,8 +33,30 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int_in(32, 8192, "--resolution"), default=518, help="image width = height in pixels (not voxels: see --grid)")
     p.add_argument("--min-instances", type=int_in(1, None, "--min-instances"), default=2, help="fewest instances placed in a random scene")
     p.add_argument("--max-instances", type=int_in(1, None, "--max-instances"), default=10, help="most instances placed in a random scene (the trainer's own cap is iscene-train --max-instances)")
+    p.add_argument("--fill", type=_fill_arg, default=0.4,
+                   help="target share of the image the scene covers (0-1]; the camera backs off to it and never cuts an "
+                        "instance off; 'box' frames the scene's bounding box as before")
+    p.add_argument("--min-instance-pixels", type=int_in(0, None, "--min-instance-pixels"), default=32,
+                   help="each instance must show at least this many visible pixels in a view, enforced when the camera "
+                        "is chosen (before rendering), so no view is dropped later for a too small instance")
+    p.add_argument("--occlusion", choices=["none", "mixed", "heavy"], default="mixed",
+                   help="instances hiding each other: none (every instance >= 90%% visible), heavy (a third of the "
+                        "instances <= 60%% visible, lower cameras), mixed (heavy in a third of the views)")
+    p.add_argument("--no-settle", action="store_true", help="skip the PyBullet rigid-body settling of random scenes (docs/PHYSICS.md)")
     p.add_argument("--exclude-assets", type=Path, default=None,
                    help="file with one asset uid or sha256 per line (e.g. a bench's assets.txt): those assets are never placed")
+
+
+def _fill_arg(text: str) -> float | None:
+    if text == "box":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fill {text!r}: expected a number in (0, 1] or 'box'") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--fill {text}: expected a number in (0, 1] or 'box'")
+    return v
 
 
 def procedural_catalog(n: int = 200, seed: int = 0) -> Path:
@@ -63,8 +85,13 @@ def random_source(args: argparse.Namespace):
         manifest = [r for r in load_manifest(manifest) if r.uid not in drop and r.sha256 not in drop]
         if not manifest:
             raise UsageError(f"--exclude-assets {args.exclude_assets}: excludes every asset of the catalog")
+    from datagen.settle import SettleConfig
+
     cfg = LayoutConfig(min_instances=args.min_instances, max_instances=args.max_instances,
-                       views_per_scene=args.views_per_scene, width=args.resolution, height=args.resolution)
+                       views_per_scene=args.views_per_scene, width=args.resolution, height=args.resolution,
+                       fill=getattr(args, "fill", 0.4), min_instance_pixels=getattr(args, "min_instance_pixels", 32),
+                       occlusion=getattr(args, "occlusion", "mixed"),
+                       settle=SettleConfig(enabled=not getattr(args, "no_settle", False)))
     return RandomSceneSource(manifest, cfg, args.seed)
 
 
