@@ -38,7 +38,7 @@ class CameraConfig:
     fill: float | None = 0.4  # target share of the image the scene covers; None = fit the scene's box
     min_instance_pixels: int = 32  # estimated visible pixels per instance at the output resolution
     candidates: int = 6  # random viewpoints per try; the one with the largest frame fill is kept
-    occlusion: str = "mixed"  # none: every instance >= 90 % visible; heavy: a third of them <= 60 %; mixed: heavy in 1/3 of views
+    occlusion: str = "mixed"  # none: every instance >= 90 % visible; heavy: a third of them <= 60 %; mixed: heavy in 1/3 of views; any: no constraint
 
 
 def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:

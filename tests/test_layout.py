@@ -16,7 +16,8 @@ from datagen.errors import SceneFailure
 from datagen.layout import LayoutConfig, RandomSceneSource
 from tests.layout_checks import check_scene
 
-SMALL = dict(views_per_scene=2, width=128, height=128)
+# framing and occlusion are tested in test_framing.py; here cameras only need to frame the scene
+SMALL = dict(views_per_scene=2, width=128, height=128, occlusion="any", min_instance_pixels=0)
 
 
 @pytest.fixture(scope="module")

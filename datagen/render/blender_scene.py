@@ -7,7 +7,9 @@ Draco) differ from trimesh's: masks and voxels must come from the very same tria
 Mesh datablocks are cached by sha256 and shared by linked duplicates across scenes; objects are
 removed between scenes.
 
-Per view: RGB (Cycles, linear EXR -> sRGB 8-bit through the Standard view transform), the
+Per view: RGB (Cycles; 8-bit through Blender's AgX view transform by default, which rolls highlights
+off instead of clipping them to white as the Standard transform did; ``settings["view_transform"]``
+= "Standard" gives the old sRGB clip), the
 Object Index pass (instance id per pixel, not anti-aliased; floor and background 0) and the Depth
 pass (planar camera z; background set to 0), all from one multilayer EXR.
 """
@@ -56,8 +58,9 @@ def configure(settings: dict) -> bpy.types.Scene:
         sc.render.threads = threads
     sc.render.resolution_percentage = 100
     sc.render.film_transparent = False
-    sc.view_settings.view_transform = "Standard"
+    sc.view_settings.view_transform = str(settings.get("view_transform", "AgX"))
     sc.view_settings.look = "None"
+    sc.view_settings.exposure = 0.0
     vl = sc.view_layers[0]
     vl.use_pass_z = True
     vl.use_pass_object_index = True
@@ -205,12 +208,45 @@ def build_scene(spec: dict, settings: dict) -> None:
     bg.inputs["Color"].default_value = (*rng.uniform(0.3, 1.0, 3), 1.0)
     bg.inputs["Strength"].default_value = float(rng.uniform(0.3, 1.2))
     sc.world = world
-    sun = bpy.data.lights.new("sun", "SUN")
-    sun.energy = float(rng.uniform(1.5, 5.0))
-    sun_ob = bpy.data.objects.new("sun", sun)
-    el, az = np.radians(rng.uniform(25, 80)), rng.uniform(0, 2 * np.pi)
-    sun_ob.rotation_euler = (float(np.pi / 2 - el), 0.0, float(az))
-    col.objects.link(sun_ob)
+    # lights draw from their own stream: the material stream above depends on the mesh cache
+    _add_lights(spec, np.random.default_rng([int(spec.get("seed", 0)), 11]), col)
+
+
+def _scene_extent(spec: dict) -> tuple[np.ndarray, float]:
+    boxes = np.array([inst["world_aabb"] for inst in spec["instances"]], dtype=np.float64).reshape(-1, 2, 3)
+    lo, hi = boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)
+    return 0.5 * (lo + hi), float(max(np.max(hi - lo), 1e-3))
+
+
+def _add_lights(spec: dict, rng: np.random.Generator, col) -> None:
+    """Varied lighting: a sun, a large soft area light over the scene, or both.
+
+    A sun's irradiance does not depend on the scene's size; an area light's does, so its power is
+    set from the scene's extent for a chosen irradiance at the scene (E ~ P / (pi h^2) at height h):
+    a 10 cm and a 3 m scene are lit alike.
+    """
+    kind = ("sun", "area", "sun+area")[int(rng.integers(3))]
+    centre, extent = _scene_extent(spec)
+    if "sun" in kind:
+        sun = bpy.data.lights.new("sun", "SUN")
+        sun.energy = float(rng.uniform(1.5, 5.0) * (0.6 if kind == "sun+area" else 1.0))
+        sun.angle = float(np.radians(rng.uniform(0.5, 10.0)))  # soft to crisp shadows
+        sun_ob = bpy.data.objects.new("sun", sun)
+        el, az = np.radians(rng.uniform(25, 80)), rng.uniform(0, 2 * np.pi)
+        sun_ob.rotation_euler = (float(np.pi / 2 - el), 0.0, float(az))
+        col.objects.link(sun_ob)
+    if "area" in kind:
+        area = bpy.data.lights.new("area", "AREA")
+        area.shape = "DISK"
+        area.size = float(extent * rng.uniform(0.8, 2.0))
+        h = float(extent * rng.uniform(1.5, 3.0))
+        irradiance = float(rng.uniform(2.0, 6.0) * (0.5 if kind == "sun+area" else 1.0))
+        area.energy = irradiance * np.pi * h * h
+        ob = bpy.data.objects.new("area", area)
+        off = rng.normal(size=2) * 0.5 * extent
+        ob.location = (float(centre[0] + off[0]), float(centre[1] + off[1]), float(centre[2] + h))
+        ob.rotation_euler = (0.0, 0.0, 0.0)  # an area light emits along its -Z: straight down
+        col.objects.link(ob)
 
 
 def set_camera(cam_spec: dict) -> None:
@@ -244,6 +280,35 @@ def _srgb(linear: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
+def _display_rgb(sc) -> np.ndarray:
+    """The render result through the scene's view transform (Blender's own OCIO), as 8-bit RGB.
+
+    The multilayer EXR holds scene-linear values; ``save_render`` to an 8-bit PNG applies the view
+    transform (AgX). The image settings are switched for the save and restored.
+    """
+    from PIL import Image
+
+    s = sc.render.image_settings
+    saved = (s.media_type, s.file_format, s.color_depth, s.exr_codec)
+    fd, png = tempfile.mkstemp(suffix=".png")
+    os.close(fd)
+    try:
+        s.media_type = "IMAGE"
+        s.file_format = "PNG"
+        s.color_mode = "RGB"
+        s.color_depth = "8"
+        bpy.data.images["Render Result"].save_render(png, scene=sc)
+        with Image.open(png) as im:
+            out = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    finally:
+        s.media_type = saved[0]
+        s.file_format = saved[1]
+        s.color_depth = saved[2]
+        s.exr_codec = saved[3]
+        Path(png).unlink(missing_ok=True)
+    return out
+
+
 def render_view(cam_spec: dict, seed: int) -> dict:
     """Render the built scene from one camera; returns rgb uint8, inst uint16, depth float32."""
     import OpenEXR
@@ -267,8 +332,12 @@ def render_view(cam_spec: dict, seed: int) -> dict:
     depth = channels["Depth.Z"].astype(np.float32)
     index = channels["Object Index.X"]
     depth[(depth > 1e8) | ~np.isfinite(depth)] = 0.0
+    if sc.view_settings.view_transform == "Standard":
+        rgb8 = np.round(_srgb(rgb) * 255.0).astype(np.uint8)
+    else:
+        rgb8 = _display_rgb(sc)
     return {
-        "rgb": np.round(_srgb(rgb) * 255.0).astype(np.uint8),
+        "rgb": rgb8,
         "inst": np.round(index).astype(np.uint16),
         "depth": depth,
     }
