@@ -16,7 +16,7 @@ Spec (see ``studies/*.yaml`` and docs/STUDIES.md)::
     cells:     {NAME: {field overrides}}     # named ablation cells (default: one cell "base")
     grid:      {field: [values]}             # crossed with the cells (e.g. mix: [d@100, d@1000])
     seeds:     [0, 1]
-    eval:      {protocol: iscene, predict: {steps: 12}, metrics: [iou_b, f_s], dinov2: PATH}
+    eval:      {protocol: iscene, predict: {steps: 12}, score: {points: N}, metrics: [iou_b, f_s], dinov2: PATH}
     scaling:   {x: samples | flops, metric: iou_b, transform: one_minus}
     resources: {train: {num_cpus: 2, num_gpus: 0, ray_workers: 0}, default: {num_cpus: 1}}
     smoke:     {scenes: 4, steps: 3, vae_steps: 3, bench_n: 2, predict_steps: 2}
@@ -40,7 +40,7 @@ from train.study_data import parse_sized
 
 SPEC_KEYS = {"name", "description", "catalogs", "datasets", "benches", "vae", "base", "cells", "grid", "seeds", "eval",
              "scaling", "resources", "smoke", "paper_reference", "budget"}
-SMOKE_DEFAULTS = {"scenes": 4, "steps": 3, "vae_steps": 3, "bench_n": 2, "predict_steps": 2, "catalog_n": 8}
+SMOKE_DEFAULTS = {"scenes": 4, "steps": 3, "vae_steps": 3, "bench_n": 2, "predict_steps": 2, "catalog_n": 8, "score_points": 1024}
 
 
 class StudyError(ValueError):
@@ -252,8 +252,11 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 for bname in benches:
                     econf = {"bench": bname, "protocol": ev.get("protocol", "iscene"), "predict": dict(ev.get("predict") or {}),
                              "dinov2": ev.get("dinov2"), "sca": cfg.get("sca", True)}
+                    if ev.get("score"):
+                        econf["score"] = dict(ev["score"])
                     if smoke:
                         econf["predict"]["steps"] = int(sm["predict_steps"])
+                        econf["score"] = {**econf.get("score", {}), "points": int(sm["score_points"])}
                     edeps = [train.id, f"bench/{bname}"] + ([vae_id] if vae_id else [])
                     evals.append(add(Stage(f"cell/{cell}/eval/{bname}", "eval", str(out / "cells" / _safe(cell) / "eval" / _safe(bname)),
                                            econf, edeps, cell=cell)).id)

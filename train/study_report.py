@@ -27,18 +27,33 @@ DEFAULT_METRICS = ("iou_b", "f_s", "cd_s", "f_o", "cd_o")
 HIGHER_IS_BETTER = {"iou_b", "f_s", "f_o", "voxel_iou"}
 
 
+def _bench_model():
+    """``bench/bench_model.py`` (the repository's FLOP counter), importable from any working directory."""
+    import sys
+
+    try:
+        import bench.bench_model as bm
+
+        return bm
+    except ImportError:
+        root = str(Path(__file__).resolve().parents[1])
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        import bench.bench_model as bm
+
+        return bm
+
+
 def train_flops(train_cfg: dict) -> float | None:
     """Estimated training FLOPs of a run (see module docs); None when the estimator is unavailable."""
     try:
-        from bench.bench_model import forward_flops
-
+        bench_model = _bench_model()
         from train.study_stages import flow_args
-    except ImportError:
+    except (ImportError, OSError):
         return None
+    forward_flops = bench_model.forward_flops
     if train_cfg.get("init"):
-        from bench.bench_model import CONFIGS
-
-        args = CONFIGS["L"]
+        args = bench_model.CONFIGS["L"]
     else:
         try:
             args = flow_args(train_cfg)

@@ -123,7 +123,8 @@ def run_ray(study: Study, runners: dict[str, Runner], ctx: RunContext, address: 
         pass
     started_here = False
     if not ray.is_initialized():
-        kw = {"address": address} if address else {"num_cpus": os.cpu_count() or 1}
+        # no --address: a Ray of our own ("local"), never a cluster someone else started on this machine
+        kw = {"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1}
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kw)
         started_here = True
     try:

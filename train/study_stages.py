@@ -274,7 +274,7 @@ def run_eval(stage: Stage, deps: dict, ctx: RunContext) -> dict:
         cmd += ["--no-sca"]
     run_cmd(cmd + _flags(c.get("predict")), stage, ctx)
     run_cmd(_tool("iscene-eval") + ["score", "--bench", bench, "--pred", str(pred), "--out", str(scores),
-                                    "--protocol", str(c.get("protocol", "iscene")), "--no-progress"], stage, ctx)
+                                    "--protocol", str(c.get("protocol", "iscene")), "--no-progress"] + _flags(c.get("score")), stage, ctx)
     doc = json.loads((scores / "scores.json").read_text())
     results = doc.get("protocols", doc)
     summaries = {name: r["summary"] for name, r in results.items() if isinstance(r, dict) and "summary" in r}
