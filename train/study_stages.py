@@ -61,6 +61,18 @@ def _tool(name: str) -> list[str]:
     raise StageError(f"{name} is not installed in this environment (pip install -e . in the repo gives it)")
 
 
+def _die_with_parent() -> None:
+    """Linux: the tool gets SIGTERM when the sweep dies (even by SIGKILL), so a rerun never finds an
+    orphaned trainer still writing into the folder it resumes from."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_cmd(cmd: list[str], stage: Stage, ctx: RunContext, env: dict | None = None) -> None:
     """Run ``cmd`` with stdout+stderr appended to the stage's log; StageError on a non-zero exit."""
     log = ctx.log_path(stage)
@@ -69,7 +81,8 @@ def run_cmd(cmd: list[str], stage: Stage, ctx: RunContext, env: dict | None = No
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=e)
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=e,
+                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     if rc != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise StageError(f"exit {rc} from {Path(cmd[0]).name}: " + " | ".join(tail))
