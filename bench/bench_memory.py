@@ -15,7 +15,7 @@ No GPU was available where this was written, so the figures are EXTRAPOLATED fro
      under autocast 2 B/param, frozen encoder/decoder and DINOv2 ViT-L in fp32) + activations:
      without gradient checkpointing all blocks' saved bytes; with it, one block's input per block
      plus one block's saved bytes (its recomputation);
-  4. step time: the CPU block time scaled by FLOPs to the full T (CPU figure), and a GPU estimate
+  4. step time: the largest measured CPU block time scaled by FLOPs to the full T (CPU figure), and a GPU estimate
      = analytic step FLOPs / (peak x assumed MFU); both labelled as not measured on a GPU.
 Compared in the same run: with vs without gradient checkpointing, and the groups of 1+6 rows that
 fit an 80 GB and a 24 GB card. Results: bench/results/memory.json.
@@ -89,6 +89,22 @@ def fit(ts: list[int], ys: list[float]) -> tuple[float, float]:
     return y1 - a * t1, a
 
 
+def block_flops(preset: dict, rows: int, tokens: int) -> float:
+    """Matmul FLOPs of one block's forward for ``rows`` rows (1 scene + instances with SCA) at T tokens."""
+    c, cc = preset["model_channels"], preset["cond_channels"]
+    hidden = int(c * preset["mlp_ratio"])
+    linear = 2 * tokens * (6 * c * c + 2 * c * hidden) + 2 * COND_TOKENS * cc * 2 * c + 2 * 6 * c * c
+    attn = 4 * tokens * tokens * c + 4 * tokens * COND_TOKENS * c
+    return rows * (linear + attn) + (rows - 1) * 4 * tokens * tokens * c  # SCA: instance rows attend to 2T keys
+
+
+def cpu_step_seconds(preset: dict, rows: int, tokens: int, measured: dict[str, float]) -> float:
+    """A step's CPU time scaled by FLOPs from the largest measured block (timings under load are noisy,
+    so no fit through them)."""
+    t_meas = max(int(t) for t in measured)
+    return preset["num_blocks"] * measured[str(t_meas)] * block_flops(preset, rows, tokens) / block_flops(preset, rows, t_meas)
+
+
 def config_row(name: str, rows: int, measure_tokens: list[int], peak_tflops: float, mfu: float) -> dict:
     preset = {**FLOW_COMMON, **FLOW_PRESETS[name]}
     tokens = (preset["resolution"] // preset["patch_size"]) ** 3
@@ -104,8 +120,6 @@ def config_row(name: str, rows: int, measure_tokens: list[int], peak_tflops: flo
         meas = [block_measure(name, rows, t, prec == "bf16") for t in measure_tokens]
         c, a = fit(measure_tokens, [m[0] for m in meas])
         per_block = c + a * tokens
-        ct, at = fit(measure_tokens, [m[2] for m in meas])
-        cpu_block_s = ct + at * tokens
         wcopy = (2 * P) if prec == "bf16" else 0
         static = 20 * P + wcopy + 4 * (vae + DINOV2_L_PARAMS if name != "tiny" else vae)
         block_input = rows * tokens * preset["model_channels"] * 4  # fp32 residual stream saved per block
@@ -122,7 +136,7 @@ def config_row(name: str, rows: int, measure_tokens: list[int], peak_tflops: flo
             "peak_GB_checkpointing": (static + act_ckpt) / GB,
             "groups_fit_80GB": {"no_ckpt": int(max(0, 80 * GB - static) // act_plain), "ckpt": int(max(0, 80 * GB - static) // act_ckpt)},
             "groups_fit_24GB": {"no_ckpt": int(max(0, 24 * GB - static) // act_plain), "ckpt": int(max(0, 24 * GB - static) // act_ckpt)},
-            "cpu_step_s_extrapolated": nb * cpu_block_s,
+            "cpu_step_s_extrapolated": cpu_step_seconds(preset, rows, tokens, {str(t): m[2] for t, m in zip(measure_tokens, meas)}),
         }
     args = {**preset}
     step_flops = 3 * forward_flops(args, COND_TOKENS, rows, rows - 1)  # forward + backward (2x)
@@ -139,7 +153,23 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["tiny", "small", "L"], help="presets of iscene_core.trellis.FLOW_PRESETS")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak for the step-time estimate (H100 SXM)")
     ap.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for the GPU estimate")
+    ap.add_argument("--recompute", action="store_true",
+                    help="recompute the derived figures of bench/results/memory.json from its stored measurements (no new measurement)")
     args = ap.parse_args()
+    if args.recompute:
+        import json
+
+        from bench._common import RESULTS
+
+        res = json.loads((RESULTS / "memory.json").read_text())
+        res.pop("machine", None)
+        for name, row in res["configs"].items():
+            preset = {**FLOW_COMMON, **FLOW_PRESETS[name]}
+            for prec in ("fp32", "bf16"):
+                row[prec]["cpu_step_s_extrapolated"] = cpu_step_seconds(preset, row["rows"], row["tokens_per_row"],
+                                                                        row[prec]["measured_block_cpu_s"])
+        print("->", write_result("memory", res))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res: dict = {"method": "EXTRAPOLATED from CPU-measured per-block saved activations (see bench/bench_memory.py); "
                            "no GPU measurement", "configs": {}}

@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--resume-batch", type=int, default=200, help="batch index k of the resume measurement")
     ap.add_argument("--batches", type=int, default=6, help="batches timed per latent mode")
     ap.add_argument("--latent-samples", type=int, default=24, help="samples of the (smaller) dataset used for the latent benchmark")
+    ap.add_argument("--encoders", nargs="+", default=["tiny", "released"], help="encoder architectures timed: tiny, released")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     os.environ["ISCENE_REGISTRY"] = str(tmp / "registry.json")
@@ -116,7 +117,10 @@ def main() -> None:
     res = {"data": f"{args.samples} synthetic samples, {args.image} px, 8 per shard", "resume": bench_resume(root, args.resume_batch)}
     print("resume:", res["resume"])
     small = make_dataset(tmp / "lat", "benchlat", args.latent_samples, per_shard=8, size=args.image, register=False)
-    res["latents"] = {k: bench_latents(small, args.batches, k, tmp) for k in ("tiny", "released")}
+    res["latents"] = {}
+    for k in args.encoders:
+        res["latents"][k] = bench_latents(small, args.batches, k, tmp)
+        print("latents", k, res["latents"][k], flush=True)
     print("latents:", res["latents"])
     res["gpu"] = None
     print("->", write_result("train_data_cpu", res))
