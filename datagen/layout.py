@@ -148,9 +148,16 @@ class AssetLibrary:
         self.posed(uid, pose)
         return self._posed_extras[(uid, int(pose))]
 
+    def _exclude(self, uid: str, reason: str) -> None:
+        """Record the exclusion and fail the scene that found it, so a generation run's
+        failures.jsonl names the asset once per process; later scenes skip it."""
+        self.exclusions[uid] = reason
+        raise SceneFailure("layout", f"asset {uid} ({self.by_uid[uid].path}) excluded: {reason}")
+
     def usable_poses(self, uid: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """Pose indices that stand stably on the floor, with renormalised probabilities; None (and an
-        entry in ``exclusions``) when the asset cannot be used at all."""
+        """Pose indices that stand stably on the floor, with renormalised probabilities; None when the
+        asset is excluded. Finding that an asset cannot be used at all records it in ``exclusions``
+        and raises ``SceneFailure`` for the scene that found it (see ``_exclude``)."""
         if uid in self.exclusions:
             return None
         if uid not in self._usable:
@@ -164,12 +171,10 @@ class AssetLibrary:
                     if physics.is_stable(samples, com, _floor_heights):
                         ok.append(k)
             except (AssetError, OSError, ValueError) as exc:
-                self.exclusions[uid] = f"cannot load: {exc}"
-                return None
+                self._exclude(uid, f"cannot load: {exc}")
             if not ok:
-                self.exclusions[uid] = (f"none of its {len(probs)} resting poses passes the floor stability rule "
-                                        "(centre of mass inside the contact hull with margin)")
-                return None
+                self._exclude(uid, f"none of its {len(probs)} resting poses passes the floor stability rule "
+                                   "(centre of mass inside the contact hull with margin)")
             p = probs[ok]
             self._usable[uid] = (np.array(ok), p / p.sum())
         return self._usable[uid]
