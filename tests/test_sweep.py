@@ -239,7 +239,6 @@ def test_report_table_has_seed_spread_and_plots(study, tmp_path):
     assert (out / "results.csv").read_text().count("\n") == 13
 
 
-@pytest.mark.slow
 def test_ray_executor_runs_the_graph_and_isolates_failures(study, tmp_path, monkeypatch):
     """The same graph as Ray tasks on a local Ray (stage functions shipped by value)."""
     from train.sweep import run_study

@@ -113,7 +113,7 @@ def run_ray(study: Study, runners: dict[str, Runner], ctx: RunContext, address: 
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        import cloudpickle
+        from ray import cloudpickle  # Ray's own copy: registering with the cloudpickle package does nothing
 
         for fn in runners.values():
             mod = getattr(fn, "__module__", "") or ""
