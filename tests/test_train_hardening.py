@@ -172,11 +172,22 @@ def test_failed_run_exits_1_and_debug_shows_the_traceback(tmp_path, private_regi
 
 @pytest.mark.parametrize("tool", ["iscene-train", "iscene-infer"])
 def test_help_is_fast_and_every_flag_says_what_it_does(tool):
+    import resource
+
     subprocess.run([str(BIN / tool), "--help"], capture_output=True, timeout=60)  # warm the file cache
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([str(BIN / tool), "--help"], capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - t0
-    assert r.returncode == 0 and elapsed < 1.0, elapsed
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # CPU seconds the tool spent (wall time on a shared, overloaded test machine measures the scheduler)
+    assert r.returncode == 0 and cpu < 1.0, (cpu, elapsed)
+    module = {"iscene-train": "train.cli", "iscene-infer": "iscene_core.infer"}[tool]
+    probe = subprocess.run([sys.executable, "-c", f"import sys; from {module} import build_parser; build_parser().format_help(); "
+                            "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr  # no heavy import before parsing
     assert "hubconf.py" in r.stdout  # --dinov2 says a torch.hub repo runs its code
     if tool == "iscene-train":
         from train.cli import build_parser
