@@ -126,12 +126,9 @@ def asset_usage(src, specs_uids: list[list[str]]) -> dict:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from iscene_core.shards.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode())
 
 
 def make_layouts(args: argparse.Namespace) -> int:

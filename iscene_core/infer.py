@@ -140,7 +140,7 @@ def sample_scene(
     return z, logits
 
 
-def _sampler_params(pipeline_sampler: dict[str, Any], steps: int | None, cfg: float | None) -> dict[str, Any]:
+def sampler_params(pipeline_sampler: dict[str, Any], steps: int | None, cfg: float | None) -> dict[str, Any]:
     keys = ("steps", "cfg_strength", "cfg_interval", "rescale_t", "sigma_min")
     params = {k: pipeline_sampler[k] for k in keys if k in pipeline_sampler}
     if steps is not None:
@@ -234,13 +234,10 @@ def write_empty_nodes_glb(path: Path, names: list[str], transform) -> dict[str, 
     body += b" " * (-len(body) % 4)
     data = b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
     data += len(body).to_bytes(4, "little") + b"JSON" + body
+    from iscene_core.shards.atomic import write_bytes_atomic  # here: `--help` must not import numpy
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
     for n in names:
         log.warning("%s: decoder predicts no occupied voxel; writing an empty node", n)
     return {n: 0 for n in names}
@@ -287,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cond_model.out_channels != _cond_channels(flow):
         raise InferenceError(f"--dinov2 {dino_path} gives {cond_model.out_channels}-channel tokens but the flow model in "
                              f"{args.weights} expects {_cond_channels(flow)}")
-    params = _sampler_params(pipe["sampler"], args.steps, args.cfg)
+    params = sampler_params(pipe["sampler"], args.steps, args.cfg)
 
     size = cond_model.config()["image_size"] if hasattr(cond_model, "config") else IMAGE_SIZE  # a learned encoder's own size
     crops = torch.stack([crop_scene(rgb, size)] + [instance_image(rgb, id_map == i, size, view=args.instance_view) for i in ids])

@@ -22,6 +22,7 @@ import numpy as np
 import trimesh
 
 from iscene_core.evaluation.errors import EvalError, SceneError
+from iscene_core.shards.atomic import write_bytes_atomic
 
 __all__ = ["PRED_FORMAT", "GLTF_FROM_OURS", "FRAMES", "write_scene_glb", "read_scene_glb", "write_prediction_info",
            "read_prediction_info", "instance_name", "atomic_write_bytes", "atomic_write_text"]
@@ -41,12 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write under a temporary name in the same folder, then rename (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

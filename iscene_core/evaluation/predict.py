@@ -25,18 +25,6 @@ __all__ = ["predict_bench", "sample_scenes"]
 log = logging.getLogger("iscene-eval")
 
 
-def _sampler_params(pipeline_sampler: dict, steps: int | None, cfg: float | None) -> dict:
-    keys = ("steps", "cfg_strength", "cfg_interval", "rescale_t", "sigma_min")
-    params = {k: pipeline_sampler[k] for k in keys if k in pipeline_sampler}
-    if steps is not None:
-        params["steps"] = steps
-    if cfg is not None:
-        params["cfg_strength"] = cfg
-    if "cfg_interval" in params:
-        params["cfg_interval"] = tuple(float(v) for v in params["cfg_interval"])
-    return params
-
-
 def sample_scenes(flow, decoder, conds: list, sampler: dict, seeds: list[int], sca: bool = True) -> list[np.ndarray]:
     """Jointly sample several scene groups in one batch; per group: decoder logits (N+1, R, R, R).
 
@@ -112,7 +100,7 @@ def predict_bench(bench_dir: Path, weights: Path, out: Path, *, flow_weights: Pa
     from tqdm import tqdm
 
     from iscene_core.conditioning import crop_instance, crop_scene
-    from iscene_core.infer import GRID_TO_GLTF, InferenceError, load_inputs
+    from iscene_core.infer import GRID_TO_GLTF, InferenceError, load_inputs, sampler_params
     from iscene_core.mesh_export import export_scene, save_voxels
 
     bench = load_bench(bench_dir)
@@ -131,7 +119,7 @@ def predict_bench(bench_dir: Path, weights: Path, out: Path, *, flow_weights: Pa
     if not todo:
         return rep
     flow, decoder, cond_model, pipe_sampler = _load_models(Path(weights), flow_weights, dinov2, dev)
-    params = _sampler_params(pipe_sampler, steps, cfg)
+    params = sampler_params(pipe_sampler, steps, cfg)
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="predict", unit="scene", disable=not progress)
     batch = max(1, int(batch_scenes))
