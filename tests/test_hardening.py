@@ -405,6 +405,9 @@ def test_datagen_on_a_node_where_a_ray_cluster_runs(tmp_path):
 
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        current = Path("/tmp/ray/ray_current_cluster")  # do not leave later ray.init() calls a dead head to join
+        if current.is_file() and str(port) in current.read_text():
+            current.unlink()
 
 
 # ----------------------------------------------------------------------------- CLI family --

@@ -19,6 +19,8 @@ def train_with_ray(cfg: TrainConfig, num_workers: int, use_gpu: bool = False, ad
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=address)
+        # as iscene-datagen: join the cluster the user names, else a private local Ray; never whatever
+        # /tmp/ray/ray_current_cluster points at (a stale file there makes ray.init hang)
+        ray.init(address=address or "local")
     TorchTrainer(_loop, train_loop_config=asdict(cfg),
                  scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu)).fit()
