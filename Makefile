@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/iscene-datagen --procedural --n 6 --views-per-scene 2 --resolution 256 --samples 16 --out $(DEMO_OUT) --name demo
+	RAY_AUTH_MODE=disabled $(BIN)/iscene-datagen --procedural --procedural-n 24 --n 6 --views-per-scene 2 --resolution 256 --samples 16 --out $(DEMO_OUT) --name demo
 	$(BIN)/iscene-datagen verify $(DEMO_OUT)
 	$(BIN)/iscene-datagen preview $(DEMO_OUT) --out $(DEMO_OUT)/preview.png
 	@echo "demo dataset in $(DEMO_OUT)/, contact sheet in $(DEMO_OUT)/preview.png"
