@@ -327,7 +327,10 @@ def _read_manifest(root: Path) -> dict:
     if not path.is_file():
         raise EvalError(f"bench {root}: no bench.json (made by iscene-eval make-bench?)")
     try:
-        manifest = json.loads(path.read_text())
+        from iscene_core.shards.format import MAX_DATASET_JSON_BYTES
+        from iscene_core.shards.safejson import load_bounded
+
+        manifest = load_bounded(path, MAX_DATASET_JSON_BYTES)  # untrusted: size and nesting bounded (BadJSON is a ValueError)
     except (OSError, ValueError) as exc:
         raise EvalError(f"{path}: unreadable ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BENCH_FORMAT:

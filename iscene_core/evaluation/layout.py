@@ -138,7 +138,10 @@ def read_prediction_info(pred_dir: Path) -> dict:
     if not path.is_file():
         return {"format": PRED_FORMAT, "frame": "grid", "system": "unknown"}
     try:
-        info = json.loads(path.read_text())
+        from iscene_core.shards.format import MAX_DATASET_JSON_BYTES
+        from iscene_core.shards.safejson import load_bounded
+
+        info = load_bounded(path, MAX_DATASET_JSON_BYTES)  # untrusted: size and nesting bounded (BadJSON is a ValueError)
     except (OSError, ValueError) as exc:
         raise EvalError(f"{path}: unreadable ({exc})") from None
     if not isinstance(info, dict) or info.get("frame", "grid") not in FRAMES:
