@@ -264,6 +264,17 @@ def masked_frame(rgb: np.ndarray, mask: np.ndarray, size: int = IMAGE_SIZE) -> t
 INSTANCE_VIEWS = ("crop", "masked-frame")
 
 
+def conditioner_image_size(cond_model) -> int:
+    """The crop side a conditioner was built for: a learned encoder's own size, a transformers
+    DINOv2's configured ``image_size`` (518 for the released ViT-L, smaller for a tiny seeded one),
+    else TRELLIS's 518. Inference must feed the size training fed, or the features shift."""
+    if hasattr(cond_model, "config") and callable(cond_model.config):
+        return int(cond_model.config()["image_size"])
+    backbone_cfg = getattr(getattr(cond_model, "backbone", None), "config", None)
+    size = getattr(backbone_cfg, "image_size", None)
+    return int(size) if size else IMAGE_SIZE
+
+
 def instance_image(rgb: np.ndarray, mask: np.ndarray, size: int = IMAGE_SIZE, view: str = "crop") -> torch.Tensor:
     """An instance's conditioning image: TRELLIS's crop (``crop``) or the masked whole frame (``masked-frame``)."""
     if view == "crop":

@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from iscene_core.conditioning import IMAGE_SIZE, DinoConditioner, crop_scene, instance_image
+    from iscene_core.conditioning import DinoConditioner, conditioner_image_size, crop_scene, instance_image
     from iscene_core.mesh_export import export_scene, save_voxels
     from iscene_core.trellis import load_pipeline
 
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              f"{args.weights} expects {_cond_channels(flow)}")
     params = sampler_params(pipe["sampler"], args.steps, args.cfg)
 
-    size = cond_model.config()["image_size"] if hasattr(cond_model, "config") else IMAGE_SIZE  # a learned encoder's own size
+    size = conditioner_image_size(cond_model)  # the size the conditioner was trained at
     crops = torch.stack([crop_scene(rgb, size)] + [instance_image(rgb, id_map == i, size, view=args.instance_view) for i in ids])
     with torch.no_grad():
         cond = cond_model.encode(crops.to(device))

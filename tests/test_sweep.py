@@ -89,8 +89,19 @@ def fake_eval(stage, deps, ctx):
     return {"summary": {"iou_b": 1.0 - err, "n_scored": 4}}
 
 
+def fake_latents(stage, deps, ctx):
+    _log_call(ctx.out, stage.id)
+    return {"path": deps[stage.deps[0]]["path"], "space": stage.config["space"]}
+
+
+def fake_baseline(stage, deps, ctx):
+    _log_call(ctx.out, stage.id)
+    floor = {"untrained": 0.05, "mean-box": 0.2}[stage.config["kind"]]
+    return {"summary": {"iou_b": floor}}
+
+
 FAKE = {"catalog": fake_data, "datagen": fake_data, "reuse": fake_data, "prefix": fake_data, "bench": fake_data,
-        "vae": fake_vae, "train": fake_train, "eval": fake_eval}
+        "vae": fake_vae, "latents": fake_latents, "train": fake_train, "eval": fake_eval, "baseline": fake_baseline}
 
 
 def _train_dir(out: Path, stage_id: str) -> Path:
@@ -122,12 +133,14 @@ def test_expand_graph(study, tmp_path):
     kinds = {}
     for st in s.stages.values():
         kinds[st.kind] = kinds.get(st.kind, 0) + 1
-    assert kinds == {"datagen": 2, "prefix": 3, "bench": 1, "vae": 1, "train": 12, "eval": 12}
+    # one latent cache per training set (the VAE encodes each once), shared by every cell training on it
+    assert kinds == {"datagen": 2, "prefix": 3, "bench": 1, "vae": 1, "latents": 3, "train": 12, "eval": 12}
     order = s.order()
     for sid, st in s.stages.items():
         assert all(order.index(d) < order.index(sid) for d in st.deps)
     tr = s.stages["cell/nosca-mix=d@20-s1/train"]
     assert tr.config["sca"] is False and tr.config["seed"] == 1 and "vae" in tr.deps and "data/d@20" in tr.deps
+    assert "latents/d@20/view" in tr.deps and s.stages["latents/d@20/view"].deps == ["data/d@20", "vae"]
     smoke = expand(load_spec(study), tmp_path / "o", smoke=True)
     assert smoke.stages["cell/full-mix=d@40-s0/train"].config["steps"] == 3
     assert {st.config["n"] for st in smoke.stages.values() if st.kind == "prefix"} == {1, 2, 4}  # sizes stay distinct
@@ -328,3 +341,63 @@ def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
     assert doc["vae"]["held_out_iou"] >= 0.0
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "smoke run" in report and "| full |" in report and "| no-sca |" in report
+
+
+BASELINE_STUDY = STUDY.replace("    scaling: {x: samples, metric: iou_b, bootstrap: 100}\n", "") + textwrap.dedent("""
+    baselines:
+      untrained: {cell: full}
+      mean-box: {from: d}
+    learns_task: {cell: full, bench: b, metric: iou_b, margin: 0.1}
+""")
+
+
+def test_baselines_are_scored_and_the_learns_task_check_is_reported(tmp_path):
+    """Baselines run as stages like cells; the report says whether the model beats every one by the margin."""
+    from train.study import expand, load_spec
+    from train.study_report import learns_task_check
+    from train.sweep import run_study
+
+    spec_path = tmp_path / "b.yaml"
+    spec_path.write_text(BASELINE_STUDY)
+    s = expand(load_spec(spec_path), tmp_path / "o")
+    assert {sid for sid in s.stages if sid.startswith("baseline/")} == {"baseline/untrained/eval/b", "baseline/mean-box/eval/b"}
+    assert "data/d" in s.stages["baseline/mean-box/eval/b"].deps
+    untrained = s.stages["baseline/untrained/eval/b"]
+    assert "vae" in untrained.deps and untrained.config["train_config"]["model_size"] == "tiny"
+    out = tmp_path / "o"
+    run_study(spec_path, out, runners=FAKE, executor="local")
+    doc = json.loads((out / "results.json").read_text())
+    lt = doc["learns_task"]
+    assert set(lt["baselines"]) == {"baseline: untrained", "baseline: mean-box"}
+    assert lt["passed"] == (lt["model"] - 0.2 >= 0.1)
+    report = (out / "REPORT.md").read_text()
+    assert "Does the model learn the task?" in report and lt["verdict"].upper() in report
+    # the verdict logic itself: a gap below the margin over any baseline fails
+    rows = [{"factors": {"cell": "full"}, "metrics": {"b": {"iou_b": 0.35}}},
+            {"baseline": "mean-box", "group": "baseline: mean-box", "factors": {}, "metrics": {"b": {"iou_b": 0.3}}},
+            {"baseline": "untrained", "group": "baseline: untrained", "factors": {}, "metrics": {"b": {"iou_b": 0.0}}}]
+    spec = {"learns_task": {"cell": "full", "bench": "b", "metric": "iou_b", "margin": 0.1}}
+    assert learns_task_check(spec, rows)["passed"] is False
+    rows[1]["metrics"]["b"]["iou_b"] = 0.2
+    assert learns_task_check(spec, rows)["passed"] is True
+    rows[2]["metrics"] = {}
+    assert learns_task_check(spec, rows)["verdict"] == "not measured"
+
+
+def test_a_stage_started_with_other_inputs_restarts_instead_of_resuming(tmp_path):
+    """A trainer resumes from its folder; after the cell's config changed, that folder is another run's."""
+    from train.study import Stage
+    from train.study_run import RunContext, restart_if_inputs_changed
+
+    ctx = RunContext(out=str(tmp_path))
+    st = Stage("cell/x/train", "train", str(tmp_path / "cells" / "x" / "train"), {"steps": 5})
+    restart_if_inputs_changed(st, "h1", ctx)
+    Path(st.out).mkdir(parents=True)
+    (Path(st.out) / "progress").write_text("step 3")
+    restart_if_inputs_changed(st, "h1", ctx)  # killed and rerun with the same inputs: keep
+    assert (Path(st.out) / "progress").is_file()
+    restart_if_inputs_changed(st, "h2", ctx)  # inputs changed: start afresh
+    assert not Path(st.out).exists()
+    outside = Stage("data/d", "reuse", str(tmp_path.parent), {})
+    restart_if_inputs_changed(outside, "h3", ctx)  # never touches a reused dataset
+    assert tmp_path.parent.is_dir()

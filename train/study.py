@@ -20,6 +20,9 @@ Spec (see ``studies/*.yaml`` and docs/STUDIES.md)::
     scaling:   {x: samples | flops, metric: iou_b, transform: one_minus}
     resources: {train: {num_cpus: 2, num_gpus: 0, ray_workers: 0}, default: {num_cpus: 1}}
     smoke:     {scenes: 4, steps: 3, vae_steps: 3, bench_n: 2, predict_steps: 2}
+    cache_latents: true                        # encode each training set once with the study's VAE (default)
+    baselines: {untrained: {cell: full}, mean-box: {from: DATASET}}   # floors the cells are compared with
+    learns_task: {cell: full, bench: train-fit, metric: iou_b, margin: 0.1}   # the report's pass/fail check
 
 A dataset in a mix may be a prefix ``NAME@N`` (the first N samples; see train/study_data.py).
 """
@@ -39,7 +42,8 @@ import yaml
 from train.study_data import parse_sized
 
 SPEC_KEYS = {"name", "description", "catalogs", "datasets", "benches", "vae", "base", "cells", "grid", "seeds", "eval",
-             "scaling", "resources", "smoke", "paper_reference", "budget"}
+             "scaling", "resources", "smoke", "paper_reference", "budget", "baselines", "learns_task", "cache_latents"}
+BASELINE_KINDS = ("untrained", "mean-box")
 SMOKE_DEFAULTS = {"scenes": 4, "steps": 3, "vae_steps": 3, "bench_n": 2, "predict_steps": 2, "catalog_n": 8, "score_points": 1024}
 
 
@@ -52,7 +56,7 @@ class Stage:
     """One unit of work: ``kind`` picks the runner; ``config`` is everything its output depends on."""
 
     id: str
-    kind: str  # catalog | datagen | reuse | prefix | bench | vae | train | eval
+    kind: str  # catalog | datagen | reuse | prefix | bench | vae | latents | train | eval | baseline
     out: str
     config: dict
     deps: list[str] = field(default_factory=list)
@@ -69,7 +73,7 @@ class Study:
     out: Path
     spec: dict
     stages: dict[str, Stage]
-    cells: dict[str, dict]  # cell name -> {"group", "seed", "train", "evals": [stage ids], "factors"}
+    cells: dict[str, dict]  # cell name -> {"group", "seed", "train", "evals": [stage ids], "factors"[, "baseline"]}
     smoke: bool = False
 
     def order(self) -> list[str]:
@@ -221,6 +225,14 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
         parts, deps = mix_deps(v.get("mix", ""))
         vae_id = add(Stage("vae", "vae", str(out / "vae"), {"mix": parts, "args": args}, deps)).id
 
+    def latents_stage(data_id: str, space: str) -> str:
+        """``iscene-train cache-latents`` for one training set and voxel frame with the study's VAE
+        encoder: every cell training on it reads the cache instead of encoding 64^3 grids per step."""
+        sid = f"latents/{data_id[len('data/'):]}/{space}"
+        if sid not in stages:
+            add(Stage(sid, "latents", str(out / "latents" / _safe(data_id[len("data/"):]) / space), {"space": space}, [data_id, vae_id]))
+        return sid
+
     base = dict(spec.get("base") or {})
     cells_spec = spec.get("cells") or {"base": {}}
     grid = spec.get("grid") or {}
@@ -246,6 +258,8 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 if vae_id and not cfg.get("init") and not cfg.get("encoder"):
                     deps = deps + [vae_id]
                     cfg["encoder"] = {"stage": vae_id}
+                    if spec.get("cache_latents", True):
+                        deps = deps + [latents_stage(d, str(cfg.get("space", "view"))) for d in list(deps) if d.startswith("data/")]
                 cell = f"{group}-s{seed}"
                 train = add(Stage(f"cell/{cell}/train", "train", str(out / "cells" / _safe(cell) / "train"), cfg, deps, cell=cell))
                 evals = []
@@ -262,4 +276,36 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                                            econf, edeps, cell=cell)).id)
                 cells[cell] = {"group": group, "seed": seed, "train": train.id, "evals": evals,
                                "factors": {"cell": cname, **{k: str(v) for k, v in combo.items()}}}
+    for bname_, b in (spec.get("baselines") or {}).items():
+        b = dict(b or {})
+        kind = str(b.get("kind", bname_))
+        if kind not in BASELINE_KINDS:
+            raise StudyError(f"baseline {bname_!r}: kind must be one of {BASELINE_KINDS}, got {kind!r}")
+        cfg_b: dict = {"kind": kind}
+        deps_b: list[str] = []
+        if kind == "mean-box":
+            if "from" not in b:
+                raise StudyError(f"baseline {bname_!r}: give from: DATASET (the training set whose mean box is used)")
+            deps_b.append(data_stage(str(b["from"])))
+        else:  # untrained: a cell's model, conditioner and VAE with the flow at its seeded initialisation
+            ref = next((c for c in cells.values() if c["factors"]["cell"] == b.get("cell", "full")), None)
+            if ref is None:
+                raise StudyError(f"baseline {bname_!r}: cell {b.get('cell', 'full')!r} is not in cells")
+            tcfg = {k: v for k, v in stages[ref["train"]].config.items()}
+            cfg_b["train_config"] = tcfg
+            deps_b += [d for d in stages[ref["train"]].deps if d == vae_id or d.startswith("data/")]
+        evals = []
+        for bench_name in benches:
+            econf = {"bench": bench_name, "protocol": ev.get("protocol", "iscene"), "predict": dict(ev.get("predict") or {}),
+                     "dinov2": ev.get("dinov2"), "sca": cfg_b.get("train_config", {}).get("sca", True), **cfg_b}
+            if ev.get("score"):
+                econf["score"] = dict(ev["score"])
+            if smoke:
+                econf["predict"]["steps"] = int(sm["predict_steps"])
+                econf["score"] = {**econf.get("score", {}), "points": int(sm["score_points"])}
+            sid = f"baseline/{_safe(bname_)}/eval/{bench_name}"
+            evals.append(add(Stage(sid, "baseline", str(out / "baselines" / _safe(bname_) / _safe(bench_name)), econf,
+                                   deps_b + [f"bench/{bench_name}"], cell=f"baseline-{bname_}")).id)
+        cells[f"baseline-{bname_}"] = {"group": f"baseline: {bname_}", "seed": 0, "train": None, "evals": evals,
+                                       "factors": {"cell": f"baseline: {bname_}"}, "baseline": kind}
     return Study(name=str(spec["name"]), out=out, spec=spec, stages=stages, cells=cells, smoke=smoke)

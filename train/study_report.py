@@ -70,6 +70,9 @@ def cell_rows(study: Study, records: dict) -> list[dict]:
     """One row per cell (a seed of a group): status, data size, compute, metrics per bench."""
     rows = []
     for cell, info in study.cells.items():
+        if info.get("train") is None:  # a baseline: no training stage, only its evals
+            rows.append(_baseline_row(study, cell, info, records))
+            continue
         tr = records.get(info["train"], {})
         train_stage = study.stages[info["train"]]
         samples = 0
@@ -94,6 +97,58 @@ def cell_rows(study: Study, records: dict) -> list[dict]:
     return rows
 
 
+def _baseline_row(study: Study, cell: str, info: dict, records: dict) -> dict:
+    """A baseline's row: no training (status ``baseline``), metrics per bench as a cell's."""
+    row = {"cell": cell, "group": info["group"], "seed": info["seed"], "factors": dict(info["factors"]), "baseline": info["baseline"],
+           "train_status": "baseline", "samples": None, "steps": 0, "first_loss": None, "final_loss": None, "flops": None,
+           "metrics": {}, "errors": []}
+    for sid in info["evals"]:
+        r = records.get(sid, {})
+        if r.get("status") in ("failed", "blocked"):
+            row["errors"].append({"stage": sid, "status": r["status"], "error": r.get("error"), "log": r.get("log")})
+        elif r.get("status") in ("ok", "cached"):
+            row["metrics"][study.stages[sid].config["bench"]] = r["result"]["summary"]
+    if any(r.get("status") in ("failed", "blocked") for r in (records.get(s, {}) for s in info["evals"])):
+        row["train_status"] = "baseline (failed)"
+    return row
+
+
+def learns_task_check(spec: dict, rows: list[dict]) -> dict | None:
+    """The spec's ``learns_task`` test: the cell's mean metric on the bench must beat every baseline
+    by ``margin``. Returns the numbers and the verdict (None when the spec has no such test)."""
+    lt = spec.get("learns_task")
+    if not lt:
+        return None
+    cell, bench, metric, margin = lt.get("cell", "full"), lt.get("bench"), lt.get("metric", "iou_b"), float(lt.get("margin", 0.1))
+
+    def value(rs: list[dict]) -> float | None:
+        vals = [r["metrics"][bench][metric] for r in rs if bench in r["metrics"] and r["metrics"][bench].get(metric) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    model = value([r for r in rows if not r.get("baseline") and r["factors"].get("cell") == cell])
+    bases = {r["group"]: value([r]) for r in rows if r.get("baseline")}
+    out = {"cell": cell, "bench": bench, "metric": metric, "margin": margin, "model": model, "baselines": bases}
+    if model is None or not bases or any(v is None for v in bases.values()):
+        out["verdict"] = "not measured"
+        out["passed"] = None
+    else:
+        gaps = {g: model - v for g, v in bases.items()}
+        out["gaps"] = gaps
+        out["passed"] = all(gap >= margin for gap in gaps.values())
+        out["verdict"] = "passes" if out["passed"] else "fails"
+    return out
+
+
+def _rel(path: str | None, root: Path) -> str:
+    """A path as the report shows it: relative to the study folder when inside it (no machine paths)."""
+    if not path:
+        return "-"
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(root).resolve()) if Path(path).resolve().is_relative_to(Path(root).resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
 def _fmt(v, spec=".4g") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -111,7 +166,7 @@ def group_table(rows: list[dict], benches: list[str], metrics: list[str]) -> tup
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + " --- |" * len(head))
     for g, rs in groups.items():
-        ok = [r for r in rs if r["train_status"] in ("ok", "cached")]
+        ok = [r for r in rs if r["train_status"] in ("ok", "cached", "baseline")]
         rec = {"group": g, "seeds": [r["seed"] for r in rs], "seeds_ok": len(ok), "samples": rs[0]["samples"],
                "flops": rs[0]["flops"], "metrics": {}}
         cells = [g, f"{len(ok)}/{len(rs)}", _fmt(rs[0]["samples"], "d") if rs[0]["samples"] else "-", _fmt(rs[0]["flops"], ".3g"),
@@ -192,6 +247,16 @@ def scaling_fit(rows: list[dict], spec: dict, benches: list[str], out: Path) -> 
     return {**info, **fit.to_dict(), "plot": "scaling_fit.png"}
 
 
+def _seconds_by_kind(study: Study, records: dict) -> dict:
+    """Seconds spent per stage kind over every run of the sweep (finished stages' own timings)."""
+    out: dict[str, float] = {}
+    for sid, r in records.items():
+        if r.get("status") in ("ok", "cached", "failed") and sid in study.stages:
+            k = study.stages[sid].kind
+            out[k] = out.get(k, 0.0) + float(r.get("seconds") or 0)
+    return out
+
+
 def _machine() -> str:
     import torch
 
@@ -221,8 +286,11 @@ def write_report(study: Study, records: dict, wall_s: float) -> dict:
     for r in records.values():
         stage_counts[r["status"]] = stage_counts.get(r["status"], 0) + 1
     stage_seconds = sum(float(r.get("seconds") or 0) for r in records.values() if r["status"] in ("ok", "failed"))
+    stage_seconds_all = sum(float(r.get("seconds") or 0) for r in records.values() if r["status"] in ("ok", "cached", "failed"))
     doc = {"study": study.name, "smoke": study.smoke, "machine": _machine(), "wall_s": wall_s,
-           "stage_seconds_this_run": stage_seconds, "stages": stage_counts, "cells": rows, "groups": table_recs, "fit": fit,
+           "stage_seconds_this_run": stage_seconds, "stage_seconds_all_runs": stage_seconds_all, "stages": stage_counts,
+           "learns_task": learns_task_check(spec, rows),
+           "stage_seconds_by_kind": _seconds_by_kind(study, records), "cells": rows, "groups": table_recs, "fit": fit,
            "plots": plots, "vae": (records.get("vae") or {}).get("result")}
     write_json_atomic(out / "results.json", doc)
     buf = io.StringIO()
@@ -242,13 +310,25 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
     L = [f"# Study {study.name}{' (smoke run: every cell shrunk, numbers mean nothing)' if study.smoke else ''}", ""]
     if spec.get("description"):
         L += [str(spec["description"]).strip(), ""]
+    by_kind = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(doc.get("stage_seconds_by_kind", {}).items(), key=lambda kv: -kv[1]))
     L += [f"- Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: {doc['machine']}",
           f"- Wall time of this sweep run: {doc['wall_s'] / 60:.1f} min; stages run now: {doc['stage_seconds_this_run'] / 60:.1f} min; "
-          f"stage states: {', '.join(f'{k} {v}' for k, v in sorted(doc['stages'].items()))}", ""]
+          f"stage states: {', '.join(f'{k} {v}' for k, v in sorted(doc['stages'].items()))}",
+          f"- Compute of the whole study over all its runs (sum of every finished stage's own time): "
+          f"{doc.get('stage_seconds_all_runs', 0) / 60:.1f} min ({by_kind} min)", ""]
     vae = doc.get("vae")
     if vae:
         L += [f"Sparse-structure VAE trained by the study: held-out reconstruction IoU {vae['held_out_iou']:.4f} "
-              f"(train {vae['train_iou']:.4f}); weights in `{vae['path']}`.", ""]
+              f"(train {vae['train_iou']:.4f}); weights in `{_rel(vae['path'], study.out)}`.", ""]
+    lt = doc.get("learns_task")
+    if lt:
+        L += ["## Does the model learn the task?", ""]
+        if lt["passed"] is None:
+            L += [f"Not measured: cell `{lt['cell']}` or a baseline has no {lt['metric']} on {lt['bench']}.", ""]
+        else:
+            parts = ", ".join(f"{g} {v:.4g} (gap {lt['gaps'][g]:+.4g})" for g, v in lt["baselines"].items())
+            L += [f"**{lt['verdict'].upper()}**: cell `{lt['cell']}` reaches {lt['metric']} {lt['model']:.4g} on `{lt['bench']}`; "
+                  f"{parts}; required gap >= {lt['margin']} over every baseline.", ""]
     L += ["## Results (mean ± std over seeds)", "", table_md, ""]
     ref = spec.get("paper_reference") or {}
     if ref.get("rows"):
@@ -280,8 +360,8 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
     if failed or shared:
         L += ["## Failures", ""]
         for r in shared:
-            L.append(f"- `{r['id']}` {r['status']}: {r.get('error')}" + (f" (log `{r['log']}`)" if r.get("log") else ""))
+            L.append(f"- `{r['id']}` {r['status']}: {r.get('error')}" + (f" (log `{_rel(r['log'], study.out)}`)" if r.get("log") else ""))
         for cell, e in failed:
-            L.append(f"- cell `{cell}`, `{e['stage']}` {e['status']}: {e['error']}" + (f" (log `{e['log']}`)" if e.get("log") else ""))
+            L.append(f"- cell `{cell}`, `{e['stage']}` {e['status']}: {e['error']}" + (f" (log `{_rel(e['log'], study.out)}`)" if e.get("log") else ""))
         L.append("")
     return "\n".join(L)

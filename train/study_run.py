@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from iscene_core.shards import write_json_atomic
+from iscene_core.shards import write_bytes_atomic, write_json_atomic
 from train.study import Stage, Study, stage_hash
 
 Runner = Callable[[Stage, dict, "RunContext"], dict]
@@ -57,6 +58,28 @@ def read_done(out: str | Path, stage: Stage, h: str) -> dict | None:
     return rec if rec.get("hash") == h and rec.get("status") == "ok" else None
 
 
+# Stages whose tool resumes from what it finds in the stage folder: after a change of inputs that
+# folder holds another run's state, which must not be continued.
+RESUME_IN_PLACE = ("vae", "train", "eval", "baseline")
+
+
+def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext) -> None:
+    """Clear a resume-in-place stage's folder when it was started with other inputs (hash), then
+    mark it started with this hash. A sweep killed mid-stage continues; one whose spec changed restarts."""
+    if stage.kind not in RESUME_IN_PLACE:
+        return
+    marker = record_path(ctx.out, stage.id).with_suffix(".started")
+    try:
+        before = marker.read_text().strip()
+    except OSError:
+        before = None
+    inside = Path(stage.out).resolve().is_relative_to(Path(ctx.out).resolve())
+    if before is not None and before != h and inside and Path(stage.out).is_dir():
+        shutil.rmtree(stage.out)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(marker, h.encode())
+
+
 def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_records: dict[str, dict]) -> dict:
     """Run one stage unless finished; never raises for a failing runner (the error is the result)."""
     done = read_done(ctx.out, stage, h)
@@ -66,6 +89,7 @@ def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_rec
     if bad:
         return {"id": stage.id, "status": "blocked", "error": "needs " + ", ".join(f"{d} ({s})" for d, s in bad.items()),
                 "cell": stage.cell}
+    restart_if_inputs_changed(stage, h, ctx)
     log = ctx.log_path(stage)
     t0 = time.time()
     try:

@@ -178,6 +178,17 @@ def run_vae(stage: Stage, deps: dict, ctx: RunContext) -> dict:
             "held_out_iou": metrics["held_out_iou"], "train_iou": metrics["train_iou"]}
 
 
+def run_latents(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    """Encode a training set once with the study's VAE encoder (``iscene-train cache-latents``); the
+    caches sit beside the dataset's shards and the trainer's ``--latents auto`` finds them."""
+    data = deps[stage.deps[0]]
+    vae = deps[stage.deps[1]]
+    Path(stage.out).mkdir(parents=True, exist_ok=True)
+    cmd = _tool("iscene-train") + ["cache-latents", "--mix", data["path"], "--space", stage.config["space"], "--encoder", vae["encoder"]]
+    run_cmd(cmd, stage, ctx)
+    return {"path": data["path"], "space": stage.config["space"]}
+
+
 def train_config(stage: Stage, deps: dict) -> dict:
     """The TrainConfig fields of a cell, with datasets and the encoder turned into paths."""
     cfg = {k: v for k, v in stage.config.items() if k not in ("resources",)}
@@ -219,14 +230,9 @@ def run_train(stage: Stage, deps: dict, ctx: RunContext) -> dict:
 def flow_args(train_cfg: dict) -> dict:
     """Upstream ``args`` of the trained flow (from-scratch presets), for its ckpts/*.json."""
     size = train_cfg.get("model_size", "tiny")
-    try:
-        from iscene_core.trellis import FLOW_COMMON, FLOW_PRESETS
+    from iscene_core.trellis import FLOW_COMMON, FLOW_PRESETS
 
-        return {**FLOW_COMMON, **FLOW_PRESETS[size]}
-    except ImportError:  # older trellis.py: sizes lived in the trainer's config
-        from train.config import MODEL_SIZES
-
-        return dict(resolution=16, in_channels=8, out_channels=8, pe_mode="ape", qk_rms_norm=True, mlp_ratio=4, **MODEL_SIZES[size])
+    return {**FLOW_COMMON, **FLOW_PRESETS[size]}
 
 
 def export_weights(train: dict, vae: dict | None, out: Path, sampler: dict | None = None) -> Path:
@@ -259,14 +265,31 @@ def export_tiny_conditioner(train_cfg: dict, out: Path) -> Path | None:
     features it trained on (it is a pure function of width, crop size and seed)."""
     if train_cfg.get("dinov2") or train_cfg.get("init") or train_cfg.get("model_size", "tiny") != "tiny":
         return None
-    try:
-        from train.models import tiny_dinov2
-    except ImportError:
-        from train.trainer import tiny_dinov2
+    from train.models import tiny_dinov2
     crop = int(train_cfg.get("crop_size") or train_cfg.get("image_size") or 518)
     cond = tiny_dinov2(int(flow_args(train_cfg)["cond_channels"]), crop, int(train_cfg.get("seed", 0)))
     cond.backbone.save_pretrained(str(out))
     return out
+
+
+def conditioning_flags(train: dict, eval_cfg: dict, out: Path) -> list[str]:
+    """The ``iscene-eval predict`` flags that feed the model what it was trained on: the same
+    conditioner (study DINOv2, the seeded tiny one, or the learned encoder's EMA), instance view,
+    crop size and voxel frame, and the SCA switch."""
+    cfg = train["train_config"]
+    flags: list[str] = []
+    if cfg.get("conditioner") == "learned":
+        flags += ["--conditioner-weights", str(Path(train["checkpoint"]) / "conditioner_ema.safetensors")]
+    else:
+        dino = eval_cfg.get("dinov2") or cfg.get("dinov2") or export_tiny_conditioner(cfg, out / "weights" / "tiny_dinov2")
+        if dino:
+            flags += ["--dinov2", str(dino)]
+    if cfg.get("image_size"):
+        flags += ["--image-size", str(cfg["image_size"])]
+    flags += ["--instance-view", str(cfg.get("instance_view") or "crop"), "--space", str(cfg.get("space") or "view")]
+    if not eval_cfg.get("sca", True):
+        flags += ["--no-sca"]
+    return flags
 
 
 def run_eval(stage: Stage, deps: dict, ctx: RunContext) -> dict:
@@ -280,12 +303,63 @@ def run_eval(stage: Stage, deps: dict, ctx: RunContext) -> dict:
     pred, scores = out / "pred", out / "scores"
     cmd = _tool("iscene-eval") + ["predict", "--bench", bench, "--weights", str(weights), "--out", str(pred), "--no-progress",
                                   "--flow-weights", str(Path(train["checkpoint"]) / "ema.safetensors")]
-    dino = c.get("dinov2") or export_tiny_conditioner(train["train_config"], out / "weights" / "tiny_dinov2")
-    if dino:
-        cmd += ["--dinov2", str(dino)]
-    if not c.get("sca", True):
-        cmd += ["--no-sca"]
+    cmd += conditioning_flags(train, c, out)
     run_cmd(cmd + _flags(c.get("predict")), stage, ctx)
+    return score_prediction(stage, ctx, bench, pred, scores)
+
+
+def untrained_flow(train_cfg: dict, out: Path) -> dict:
+    """A cell's flow (and learned conditioner) at its seeded initialisation, saved as a checkpoint
+    folder that ``export_weights``/``conditioning_flags`` read like a trained one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from train.config import TrainConfig
+    from train.models import build_conditioner
+    from iscene_core.trellis import build_flow
+    from iscene_core.shards import write_json_atomic
+
+    cfg = {k: v for k, v in train_cfg.items() if k in TrainConfig.__dataclass_fields__}
+    tc = TrainConfig(**{**cfg, "mix": "unused", "out": str(out)})
+    torch.manual_seed(tc.seed)  # as train.models.build_models seeds a from-scratch flow
+    flow = build_flow(tc.model_size)
+    ckpt = out / "init"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in flow.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    if tc.conditioner == "learned":
+        cond = build_conditioner(tc, int(flow.blocks[0].cross_attn.to_kv.in_features))
+        save_file({k: v.detach().contiguous() for k, v in cond.state_dict().items()}, str(ckpt / "conditioner_ema.safetensors"))
+        write_json_atomic(ckpt / "conditioner_ema.json", {"name": type(cond).__name__, "args": cond.config()})
+    return {"checkpoint": str(ckpt), "train_config": train_cfg}
+
+
+def run_baseline(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    """A floor the cells are compared with, scored exactly as a cell's eval: ``untrained`` (the
+    cell's model at initialisation through ``iscene-eval predict``) or ``mean-box`` (``iscene-eval
+    baseline``: every instance at the training set's mean box)."""
+    c = stage.config
+    bench = deps[f"bench/{c['bench']}"]["path"]
+    out = Path(stage.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred, scores = out / "pred", out / "scores"
+    if c["kind"] == "mean-box":
+        data = deps[stage.deps[0]]["path"]
+        shutil.rmtree(pred, ignore_errors=True)
+        run_cmd(_tool("iscene-eval") + ["baseline", "--kind", "mean-box", "--from", data, "--bench", bench, "--out", str(pred)], stage, ctx)
+    else:
+        cfg = dict(c["train_config"])
+        cfg["mix"] = "unused"
+        train = untrained_flow(cfg, out)
+        weights = export_weights(train, deps.get("vae"), out / "weights")
+        cmd = _tool("iscene-eval") + ["predict", "--bench", bench, "--weights", str(weights), "--out", str(pred), "--no-progress",
+                                      "--flow-weights", str(Path(train["checkpoint"]) / "ema.safetensors")]
+        run_cmd(cmd + conditioning_flags(train, c, out) + _flags(c.get("predict")), stage, ctx)
+    return score_prediction(stage, ctx, bench, pred, scores)
+
+
+def score_prediction(stage: Stage, ctx: RunContext, bench: str, pred: Path, scores: Path) -> dict:
+    """``iscene-eval score`` on a prediction folder -> the stage result (summary per protocol)."""
+    c = stage.config
     run_cmd(_tool("iscene-eval") + ["score", "--bench", bench, "--pred", str(pred), "--out", str(scores),
                                     "--protocol", str(c.get("protocol", "iscene")), "--no-progress"] + _flags(c.get("score")), stage, ctx)
     doc = json.loads((scores / "scores.json").read_text())
@@ -299,4 +373,4 @@ def run_eval(stage: Stage, deps: dict, ctx: RunContext) -> dict:
 
 
 RUNNERS = {"catalog": run_catalog, "datagen": run_datagen, "reuse": run_reuse, "prefix": run_prefix, "bench": run_bench,
-           "vae": run_vae, "train": run_train, "eval": run_eval}
+           "vae": run_vae, "latents": run_latents, "train": run_train, "eval": run_eval, "baseline": run_baseline}

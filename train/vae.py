@@ -72,6 +72,7 @@ class VAEConfig:
     eval_every: int = 250
     ckpt_every: int = 250
     eval_max_grids: int = 256
+    occupancy_prior: bool = True  # output bias starts at logit(mean occupancy); see prior_init_output
     resume: bool = False
 
     def validate(self) -> None:
@@ -173,6 +174,25 @@ def build_vae(cfg: VAEConfig):
 
     enc_args, dec_args = cfg.model_args()
     return SparseStructureEncoder(**enc_args), SparseStructureDecoder(**dec_args)
+
+
+def prior_init_output(decoder, grids: list[np.ndarray]) -> float:
+    """Start the decoder's occupancy logits at the data's prior, ``logit(mean occupancy)``; returns it.
+
+    Why: 64^3 grids are ~1% occupied. From the default zero bias every voxel starts at p = 0.5, the
+    Dice term is ~0.99 whatever the shape, and a from-scratch run spends its first hundreds of steps
+    only learning to say "empty" (measured on the nano data: held-out IoU 0.006 after 50 steps at
+    p = 0.5, 0.28 after 100 steps from the prior). This is the focal-loss paper's prior
+    initialisation; it changes the starting point, not the objective.
+    """
+    import torch
+
+    occ = float(np.mean([len(g) for g in grids])) / RESOLUTION ** 3 if grids else 0.01
+    occ = min(max(occ, 1e-5), 0.5)
+    bias = math.log(occ / (1.0 - occ))
+    with torch.no_grad():
+        decoder.out_layer[-1].bias.fill_(bias)
+    return bias
 
 
 def vae_losses(encoder, decoder, x, loss: str, lambda_kl: float, generator=None) -> dict:
@@ -285,6 +305,8 @@ def train_vae(cfg: VAEConfig, progress: bool = True) -> dict:
     write_json_atomic(out / "vae_config.json", asdict(cfg))
     torch.manual_seed(cfg.seed)
     encoder, decoder = build_vae(cfg)
+    if cfg.occupancy_prior:
+        prior_init_output(decoder, train_grids)  # a resumed run overwrites it with its saved weights
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -371,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
     p.add_argument("--eval-max-grids", type=int, default=d.eval_max_grids, help="held-out grids scored at intermediate evaluations")
+    p.add_argument("--no-occupancy-prior", action="store_true",
+                   help="start the decoder's output bias at 0 (p = 0.5 everywhere) instead of logit(mean occupancy), "
+                        "as an untuned from-scratch run would; converges far slower (docs/STUDIES.md)")
     p.add_argument("--resume", action="store_true", help="continue from the latest state in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -388,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_res_blocks_middle=args.num_res_blocks_middle, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     loss=args.loss, lambda_kl=args.lambda_kl, space=args.space, holdout=args.holdout, seed=args.seed,
                     eval_every=args.eval_every, ckpt_every=args.ckpt_every, log_every=args.log_every,
-                    eval_max_grids=args.eval_max_grids, resume=args.resume)
+                    eval_max_grids=args.eval_max_grids, occupancy_prior=not args.no_occupancy_prior, resume=args.resume)
     try:
         cfg.validate()
     except ValueError as exc:

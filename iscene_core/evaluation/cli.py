@@ -5,6 +5,7 @@
     iscene-eval score --bench benches/ood-rand --pred benches/ood-rand/gt        # sanity check
     iscene-eval predict --bench benches/ood-rand --weights TRELLIS-image-large --out preds/ours
     iscene-eval convert --src midi_out --bench benches/ood-rand --out preds/midi --frame view
+    iscene-eval baseline --kind mean-box --from data/rand15k --bench benches/ood-rand --out preds/mean-box
     iscene-eval score --bench benches/ood-rand --pred preds/ours --protocol iscene,midi,scenegen,depr,gen3dsr
 
 Protocols, their sources and where we depart from them: docs/EVAL.md. Exit codes: 0 done,
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength (default: pipeline.json)")
     pr.add_argument("--seed", type=int, default=0, help="noise seed (per scene: seed + scene index)")
     pr.add_argument("--no-sca", action="store_true", help="sample instances independently (ablation)")
+    pr.add_argument("--conditioner-weights", type=Path, default=None,
+                    help="a --conditioner learned run's image encoder (conditioner.safetensors + .json from its checkpoint) instead of DINOv2")
+    pr.add_argument("--instance-view", choices=("crop", "masked-frame"), default="crop",
+                    help="instance conditioning image; must match iscene-train --instance-view (default crop, TRELLIS's)")
+    pr.add_argument("--image-size", type=_positive, default=None,
+                    help="crop side fed to the conditioner (default: the size it was built for; iscene-train --image-size)")
+    pr.add_argument("--space", choices=("view", "world"), default="view",
+                    help="voxel frame the flow was trained in; world output is mapped into the bench's view grid with the true camera")
     pr.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -106,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--axes", choices=["ours", "yup"], default="ours",
                    help="axis convention of the files: ours (x right, y forward, z up) or yup (glTF: x right, y up, z toward the viewer)")
     c.add_argument("--system", default="external", help="system name recorded in prediction.json")
+
+    b = sub.add_parser("baseline", help="write a reference prediction a model must beat (mean-box: every instance at the training mean box)")
+    b.add_argument("--kind", choices=["mean-box"], default="mean-box", help="mean-box: the training set's mean instance box in the view grid")
+    b.add_argument("--from", dest="dataset", type=Path, required=True, help="training dataset folder whose instances are averaged")
+    b.add_argument("--bench", type=Path, required=True, help="bench to predict")
+    b.add_argument("--out", type=Path, required=True, help="prediction folder to write")
+    b.add_argument("--limit", type=_positive, default=None, help="average over the first N training samples only")
     return p
 
 
@@ -169,7 +185,8 @@ def _cmd_predict(args) -> int:
 
     rep = predict_bench(args.bench, args.weights, args.out, flow_weights=args.flow_weights, dinov2=args.dinov2,
                         batch_scenes=args.batch_scenes, steps=args.steps, cfg=args.cfg, seed=args.seed, sca=not args.no_sca,
-                        device=args.device, progress=not args.no_progress)
+                        device=args.device, progress=not args.no_progress, conditioner_weights=args.conditioner_weights,
+                        instance_view=args.instance_view, space=args.space, image_size=args.image_size)
     print(f"{args.out}: {rep['done']} scenes predicted, {rep['kept']} kept from an earlier run, {rep['failed']} failed "
           f"({rep['seconds']:.1f} s)")
     return 1 if rep["failed"] and rep["done"] + rep["kept"] == 0 else 0
@@ -183,6 +200,19 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_baseline(args) -> int:
+    from iscene_core.evaluation.baselines import mean_instance_box, write_box_prediction
+
+    if not args.dataset.is_dir():
+        raise _Usage(f"--from {args.dataset}: not a dataset folder")
+    box = mean_instance_box(args.dataset, limit=args.limit)
+    rep = write_box_prediction(args.bench, args.out, box)
+    lo, hi = ", ".join(f"{v:.1f}" for v in box["min"]), ", ".join(f"{v:.1f}" for v in box["max"])
+    print(f"{args.out}: {rep['scenes']} scenes, every instance at the mean of {box['instances']} training boxes "
+          f"(grid voxels [{lo}] .. [{hi}])")
+    return 0
+
+
 class _Usage(Exception):
     pass
 
@@ -192,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     from iscene_core.evaluation.errors import EvalError
 
-    handlers = {"make-bench": _cmd_make_bench, "verify": _cmd_verify, "score": _cmd_score, "predict": _cmd_predict, "convert": _cmd_convert}
+    handlers = {"make-bench": _cmd_make_bench, "verify": _cmd_verify, "score": _cmd_score, "predict": _cmd_predict, "convert": _cmd_convert,
+                "baseline": _cmd_baseline}
     try:
         return handlers[args.cmd](args)
     except (EvalError, _Usage) as exc:
