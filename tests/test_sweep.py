@@ -401,3 +401,23 @@ def test_a_stage_started_with_other_inputs_restarts_instead_of_resuming(tmp_path
     outside = Stage("data/d", "reuse", str(tmp_path.parent), {})
     restart_if_inputs_changed(outside, "h3", ctx)  # never touches a reused dataset
     assert tmp_path.parent.is_dir()
+
+
+def test_reuse_adopts_identical_stages_of_another_study(tmp_path):
+    """Two studies sharing data and a cell: the second adopts what the first finished and runs only the rest."""
+    from train.sweep import run_study
+
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(STUDY.replace("      nosca: {sca: false}\n", "").replace("['d@10', 'd@20', 'd@40']", "['d@40']")
+                     .replace("seeds: [0, 1]", "seeds: [0]").replace("    scaling: {x: samples, metric: iou_b, bootstrap: 100}\n", ""))
+    second.write_text(STUDY.replace("      nosca: {sca: false}\n", "").replace("['d@10', 'd@20', 'd@40']", "['d@20', 'd@40']")
+                      .replace("seeds: [0, 1]", "seeds: [0]").replace("    scaling: {x: samples, metric: iou_b, bootstrap: 100}\n", ""))
+    run_study(first, tmp_path / "A", runners=FAKE, executor="local", report=False)
+    res = run_study(second, tmp_path / "B", runners=FAKE, executor="local", report=False, reuse=[tmp_path / "A"])
+    ran = {c["id"] for c in _calls(tmp_path / "B")}
+    adopted = {sid for sid, r in res["records"].items() if r.get("adopted_from")}
+    # the datasets, bench, VAE and the whole d@40 cell come from A; only the d@20 chain runs
+    assert {"data/d", "data/held", "bench/b", "vae", "cell/full-mix=d@40-s0/train", "cell/full-mix=d@40-s0/eval/b"} <= adopted
+    assert ran and all("d@20" in sid for sid in ran), ran
+    with pytest.raises(FileNotFoundError):
+        run_study(second, tmp_path / "C", runners=FAKE, executor="local", report=False, reuse=[tmp_path / "nope"])

@@ -104,3 +104,29 @@ def test_vae_without_held_out_scenes_is_a_clear_error(dataset, tmp_path, capsys)
 
     assert main(["vae", "--mix", str(dataset), "--out", str(tmp_path / "o"), "--holdout", "0.001"]) == 2
     assert "no held-out scene" in capsys.readouterr().err
+
+
+def test_cosine_schedule_and_occupancy_prior():
+    """The cosine runs from --lr to 1% of it and depends on the step alone (a resumed run stays on
+    the curve); the prior bias makes the untrained decoder predict the data's occupancy, not 0.5."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from train.vae import VAEConfig, build_vae, lr_at, prior_init_output
+
+    cfg = VAEConfig(lr=1e-3, steps=100, lr_schedule="cosine")
+    lrs = [lr_at(cfg, s) for s in range(101)]
+    assert math.isclose(lrs[0], 1e-3) and math.isclose(lrs[100], 1e-5, rel_tol=1e-6)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lr_at(VAEConfig(lr=1e-3), 50) == 1e-3
+    with pytest.raises(ValueError):
+        VAEConfig(lr_schedule="step").validate()
+    _, dec = build_vae(VAEConfig())
+    grids = [np.zeros((2621, 3), np.uint8)]  # 1% of 64^3
+    bias = prior_init_output(dec, grids)
+    assert math.isclose(1 / (1 + math.exp(-bias)), 2621 / 64 ** 3, rel_tol=1e-6)
+    with torch.no_grad():
+        p = dec(torch.zeros(1, 8, 16, 16, 16)).sigmoid().mean().item()
+    assert 0.001 < p < 0.1  # near the prior, far from the 0.5 a zero bias gives

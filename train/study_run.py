@@ -80,6 +80,37 @@ def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext) -> None:
     write_bytes_atomic(marker, h.encode())
 
 
+def import_finished(study: Study, out: str | Path, sources: list[str | Path]) -> list[str]:
+    """Adopt stages already finished by other studies (``iscene-sweep --reuse DIR``): a stage whose
+    hash (kind, config, inputs' hashes) equals a done record in a source study's ``state/`` gets
+    that record, so identical data, VAEs, trainings and evals are computed once across studies.
+    The adopted result keeps pointing at the source study's folders. Returns the adopted stage ids."""
+    by_hash: dict[str, dict] = {}
+    for src in sources:
+        state = Path(src) / "state"
+        if not state.is_dir():
+            raise FileNotFoundError(f"--reuse {src}: no state/ folder (not a study folder)")
+        for p in sorted(state.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("hash"):
+                by_hash.setdefault(rec["hash"], rec)
+    adopted, memo = [], {}
+    for sid in study.order():
+        st = study.stages[sid]
+        h = stage_hash(st, study.stages, memo)
+        if read_done(out, st, h) is not None or h not in by_hash:
+            continue
+        rec = {**by_hash[h], "id": sid, "cell": st.cell, "adopted_from": by_hash[h].get("id")}
+        path = record_path(out, sid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, rec)
+        adopted.append(sid)
+    return adopted
+
+
 def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_records: dict[str, dict]) -> dict:
     """Run one stage unless finished; never raises for a failing runner (the error is the result)."""
     done = read_done(ctx.out, stage, h)

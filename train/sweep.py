@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="shrink every cell to a few scenes and a few steps (checks the chain runs)")
     p.add_argument("--dry-run", action="store_true", help="list the stages and whether each is already done; run nothing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the stage records; run nothing")
+    p.add_argument("--reuse", type=Path, action="append", default=[],
+                   help="another study folder whose finished stages with identical inputs are adopted instead of rerun "
+                        "(same data, VAE or cell in two studies; repeatable)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -46,10 +49,10 @@ def _print_progress(sid: str, rec: dict) -> None:
 
 
 def run_study(study_path: Path, out: Path, *, runners: dict | None = None, executor: str = "ray", address: str | None = None,
-              smoke: bool = False, report: bool = True, progress=_print_progress) -> dict:
+              smoke: bool = False, report: bool = True, progress=_print_progress, reuse: list[Path] | None = None) -> dict:
     """Expand, run (skipping finished stages), report; returns ``{"records", "report"}``."""
     from train.study import expand, load_spec
-    from train.study_run import RunContext, run_local, run_ray
+    from train.study_run import RunContext, import_finished, run_local, run_ray
     from train.study_stages import RUNNERS
 
     spec = load_spec(study_path)
@@ -57,6 +60,8 @@ def run_study(study_path: Path, out: Path, *, runners: dict | None = None, execu
     out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(out=str(out.resolve()), smoke=smoke, address=address, spec=spec)
     runners = {**RUNNERS, **(runners or {})}
+    for sid in import_finished(study, out, list(reuse or [])):
+        print(f"[adopted] {sid} (finished with identical inputs in a --reuse study)", flush=True)
     t0 = time.time()
     if executor == "local":
         records = run_local(study, runners, ctx, progress=progress)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {args.out / 'REPORT.md'}")
         return 0
     try:
-        res = run_study(args.study, args.out, executor=args.executor, address=args.address, smoke=args.smoke)
+        res = run_study(args.study, args.out, executor=args.executor, address=args.address, smoke=args.smoke, reuse=args.reuse)
     except (StudyError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
