@@ -353,6 +353,9 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
                   f"({int(fit['level'] * 100)}% pairs-bootstrap intervals, {fit['bootstrap_fits']} refits, {fit['points']} points).",
                   f"Extrapolated to {fit['x']} = {e['x']:.4g}: {e['y']:.4g} [{e['lo']:.4g}, {e['hi']:.4g}].", "",
                   f"![scaling fit]({fit['plot']})", ""]
+    discussion = Path(study.out) / "DISCUSSION.md"
+    if discussion.is_file():  # a person's reading of the numbers, kept across report rebuilds
+        L += ["## Discussion (written after the run, from the numbers above)", "", discussion.read_text().strip(), ""]
     if doc["plots"]:
         L += ["## Plots", ""] + [f"- [{p}]({p})" for p in doc["plots"]] + [""]
     failed = [(r["cell"], e) for r in rows for e in r["errors"]]
