@@ -335,8 +335,9 @@ def untrained_flow(train_cfg: dict, out: Path) -> dict:
 
 def run_baseline(stage: Stage, deps: dict, ctx: RunContext) -> dict:
     """A floor the cells are compared with, scored exactly as a cell's eval: ``untrained`` (the
-    cell's model at initialisation through ``iscene-eval predict``) or ``mean-box`` (``iscene-eval
-    baseline``: every instance at the training set's mean box)."""
+    cell's model at initialisation through ``iscene-eval predict``; for a cell fine-tuned from
+    ``init``, the released model itself) or ``mean-box`` (``iscene-eval baseline``: every instance
+    at the training set's mean box)."""
     c = stage.config
     bench = deps[f"bench/{c['bench']}"]["path"]
     out = Path(stage.out)
@@ -349,10 +350,14 @@ def run_baseline(stage: Stage, deps: dict, ctx: RunContext) -> dict:
     else:
         cfg = dict(c["train_config"])
         cfg["mix"] = "unused"
-        train = untrained_flow(cfg, out)
-        weights = export_weights(train, deps.get("vae"), out / "weights")
-        cmd = _tool("iscene-eval") + ["predict", "--bench", bench, "--weights", str(weights), "--out", str(pred), "--no-progress",
-                                      "--flow-weights", str(Path(train["checkpoint"]) / "ema.safetensors")]
+        if cfg.get("init"):  # a fine-tuning study: the floor is the released model, not fine-tuned
+            train = {"checkpoint": "", "train_config": cfg}
+            weights, flow = Path(cfg["init"]), []
+        else:
+            train = untrained_flow(cfg, out)
+            weights = export_weights(train, deps.get("vae"), out / "weights")
+            flow = ["--flow-weights", str(Path(train["checkpoint"]) / "ema.safetensors")]
+        cmd = _tool("iscene-eval") + ["predict", "--bench", bench, "--weights", str(weights), "--out", str(pred), "--no-progress"] + flow
         run_cmd(cmd + conditioning_flags(train, c, out) + _flags(c.get("predict")), stage, ctx)
     return score_prediction(stage, ctx, bench, pred, scores)
 
