@@ -222,27 +222,6 @@ def load_learned_conditioner(path: Path):
     return model.eval().requires_grad_(False)
 
 
-def write_empty_nodes_glb(path: Path, names: list[str], transform) -> dict[str, int]:
-    """A valid GLB holding one empty node per name (every instance decoded empty), written atomically.
-
-    glTF 2.0 allows nodes without meshes; the file is the 12-byte GLB header plus one JSON chunk.
-    """
-    matrix = [float(transform[r][c]) for c in range(4) for r in range(4)]  # glTF matrices are column-major
-    gltf = {"asset": {"version": "2.0", "generator": "iscene-infer"}, "scene": 0,
-            "scenes": [{"nodes": list(range(len(names)))}], "nodes": [{"name": n, "matrix": matrix} for n in names]}
-    body = json.dumps(gltf, separators=(",", ":")).encode()
-    body += b" " * (-len(body) % 4)
-    data = b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
-    data += len(body).to_bytes(4, "little") + b"JSON" + body
-    from iscene_core.shards.atomic import write_bytes_atomic  # here: `--help` must not import numpy
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, data)
-    for n in names:
-        log.warning("%s: decoder predicts no occupied voxel; writing an empty node", n)
-    return {n: 0 for n in names}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole CLI after argument parsing; returns the report written to ``OUT.json``."""
     import numpy as np
@@ -295,10 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     names = ["scene"] + [f"instance_{i}" for i in ids]
     inst_logits = {name: logits[k] for k, name in enumerate(names) if k > 0}
-    if any((v > 0).any() for v in inst_logits.values()):
-        faces = export_scene(inst_logits, args.out, node_transform=np.array(GRID_TO_GLTF))
-    else:  # trimesh refuses to export a scene without geometry: write the empty nodes ourselves
-        faces = write_empty_nodes_glb(args.out, list(inst_logits), GRID_TO_GLTF)
+    faces = export_scene(inst_logits, args.out, node_transform=np.array(GRID_TO_GLTF))  # empty instances: empty nodes
     voxels = {name: np.argwhere(logits[k] > 0).astype(np.uint8) for k, name in enumerate(names)}
     save_voxels(args.out.with_suffix(".npz"), voxels)
     report: dict[str, Any] = {

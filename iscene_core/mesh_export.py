@@ -17,7 +17,7 @@ import trimesh
 
 from iscene_core.space import voxel_centers
 
-__all__ = ["logits_to_mesh", "export_scene", "save_voxels"]
+__all__ = ["logits_to_mesh", "export_scene", "empty_nodes_glb", "save_voxels"]
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,28 @@ def export_scene(
     out_glb = Path(out_glb)
     tmp = _atomic_target(out_glb)
     try:
-        tmp.write_bytes(scene.export(file_type="glb"))
+        # trimesh refuses to export a scene without geometry; glTF allows nodes without meshes
+        tmp.write_bytes(scene.export(file_type="glb") if any(faces.values()) else empty_nodes_glb(list(faces), matrix))
         os.replace(tmp, out_glb)
     finally:
         tmp.unlink(missing_ok=True)
     return faces
+
+
+def empty_nodes_glb(names: list[str], transform) -> bytes:
+    """A valid GLB holding one mesh-less node per name (every instance decoded empty).
+
+    The file is the 12-byte GLB header plus one JSON chunk; readers still count the instances.
+    """
+    import json
+
+    matrix = [float(transform[r][c]) for c in range(4) for r in range(4)]  # glTF matrices are column-major
+    gltf = {"asset": {"version": "2.0", "generator": "iscene"}, "scene": 0,
+            "scenes": [{"nodes": list(range(len(names)))}], "nodes": [{"name": n, "matrix": matrix} for n in names]}
+    body = json.dumps(gltf, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 4)
+    data = b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
+    return data + len(body).to_bytes(4, "little") + b"JSON" + body
 
 
 def save_voxels(path: str | Path, voxels: dict[str, np.ndarray]) -> None:

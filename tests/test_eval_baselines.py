@@ -105,3 +105,16 @@ def test_world_grid_output_lands_on_the_view_grid(both_spaces):
             assert len(a & b) / len(a | b) > 0.3
             checked += 1
     assert checked >= 2
+
+
+def test_a_scene_whose_instances_all_decode_empty_is_still_a_prediction(tmp_path):
+    """An untrained or collapsed model can decode nothing; the GLB must still list every instance
+    (scored as missing geometry), not crash the whole predict run."""
+    from iscene_core.infer import GRID_TO_GLTF
+    from iscene_core.mesh_export import export_scene
+
+    faces = export_scene({"instance_1": -np.ones((8, 8, 8)), "instance_4": -np.ones((8, 8, 8))}, tmp_path / "e.glb",
+                         node_transform=np.asarray(GRID_TO_GLTF))
+    assert faces == {"instance_1": 0, "instance_4": 0}
+    meshes = read_scene_glb(tmp_path / "e.glb")
+    assert sorted(meshes) == [1, 4] and all(len(m.faces) == 0 for m in meshes.values())
