@@ -51,8 +51,57 @@ def _unit(mesh):
 @pytest.mark.parametrize("name", ["table.glb", "not_convex.obj", "alien.glb", "cubevc.glb", "monkey.glb", "fandisk.obj"])
 def test_matches_exact_reference_on_real_meshes(shared_assets, name):
     v, f = _unit(load_mesh(shared_assets / name))
-    got = {tuple(map(int, c)) for c in voxelize_surface(v, f)}
-    assert got == reference_voxels(v, f)
+    ref = reference_voxels(v, f)
+    assert {tuple(map(int, c)) for c in voxelize_surface(v, f)} == ref
+    assert {tuple(map(int, c)) for c in voxelize_surface(v, f, method="plain")} == ref
+
+
+# dense small triangles, mixed sizes, large flat panels (table, fridge, tray), thin cloth
+@pytest.mark.parametrize("name", ["bunny.ply", "Mixer.glb", "WickerChair.glb", "SheenCloth.glb", "Duck.glb", "table.glb",
+                                  "kitchenFridgeLarge.glb", "1002_tray_bottom.STL", "DenseSphere.glb"])
+def test_fast_path_equals_plain_sat_on_real_meshes(shared_assets, name):
+    v, f = _unit(load_mesh(shared_assets / name))
+    fast = voxelize_surface(v, f)
+    assert len(fast) > 0
+    np.testing.assert_array_equal(fast, voxelize_surface(v, f, method="plain"))
+
+
+def _huge_triangle_mesh(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Large triangles of every orientation (spans up to the whole grid), some sticking out of the
+    cube, some lying exactly on voxel planes, some slivers and zero-area ones."""
+    rng = np.random.default_rng(seed)
+    tris = [rng.uniform(-0.6, 0.6, (3, 3)) for _ in range(24)]  # random, often partly outside
+    tris += [rng.uniform(-0.5, 0.5, (3, 3)) * [1, 1, 0.02] for _ in range(6)]  # nearly z-flat
+    for axis, k in ((0, 17), (1, 40), (2, 5)):  # exactly on the voxel plane k along an axis
+        t = rng.uniform(-0.45, 0.45, (3, 3))
+        t[:, axis] = k / 64 - 0.5
+        tris.append(t)
+    a, b = rng.uniform(-0.5, 0.5, (2, 3))
+    tris.append(np.stack([a, b, a + 0.25 * (b - a)]))  # zero area (collinear)
+    tris.append(np.stack([a, b, b + [1e-9, 0, 0]]))  # sliver
+    v = np.concatenate(tris)
+    return v, np.arange(len(v)).reshape(-1, 3)
+
+
+def test_fast_path_equals_plain_sat_and_reference_on_huge_triangles():
+    v, f = _huge_triangle_mesh()
+    fast = voxelize_surface(v, f)
+    assert len(fast) > 5000  # big triangles: many voxels, most of them found by scan conversion
+    np.testing.assert_array_equal(fast, voxelize_surface(v, f, method="plain"))
+    # the independent reference is a Python loop over boxes: check the tie and degenerate cases
+    # and a few random ones against it
+    sub = f[np.r_[0:3, 30:len(f)]]
+    assert {tuple(map(int, c)) for c in voxelize_surface(v, sub)} == reference_voxels(v, sub)
+
+
+def test_bad_arguments_are_rejected():
+    tri = np.array([[0.0, 0, 0], [0.1, 0, 0], [0, 0.1, 0]])
+    with pytest.raises(ValueError, match="method"):
+        voxelize_surface(tri, np.array([[0, 1, 2]]), method="bbox")
+    with pytest.raises(ValueError, match="out of range"):
+        voxelize_surface(tri, np.array([[0, 1, 3]]))
+    with pytest.raises(ValueError, match="resolution"):
+        voxelize_surface(tri, np.array([[0, 1, 2]]), resolution=300)
 
 
 def test_edge_cases():
