@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                 row[f"{k}_ms_over_ours_ms"] = row[f"{k}_ms"] / row["ours_ms"]
         rows.append(row)
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    total = {k: sum(r[k] for r in rows) for k in rows[0] if k.endswith("_ms") and not k.endswith("wall_ms")}
+    total = {f"{k}_ms": sum(r[f"{k}_ms"] for r in rows) for k in ("ours", "open3d", "trimesh") if f"{k}_ms" in rows[0]}
     for k in list(total):
         if k != "ours_ms":
             total[f"{k}_over_ours_ms"] = total[k] / total["ours_ms"]
