@@ -7,6 +7,13 @@ Draco) differ from trimesh's: masks and voxels must come from the very same tria
 Mesh datablocks are cached by sha256 and shared by linked duplicates across scenes; objects are
 removed between scenes.
 
+Materials (``settings["materials"]``): ``"authored"`` (default) renders glTF/OBJ assets with the
+materials Blender's own importer builds, on the imported triangles, but only when those equal the
+catalog's triangles (``authored.py``; docs/MATERIALS.md); anything else, and ``"simple"``, gets a
+Principled BSDF from the trimesh visuals (base colour texture, vertex or flat colour).
+``build_scene`` returns one status per instance: ``"authored"``, ``"simple"`` or
+``"fallback: <reason>"``.
+
 Per view: RGB (Cycles; 8-bit through Blender's AgX view transform by default, which rolls highlights
 off instead of clipping them to white as the Standard transform did; ``settings["view_transform"]``
 = "Standard" gives the old sRGB clip), the
@@ -133,13 +140,40 @@ def _material_for(mesh_tm, key: str, rng: np.random.Generator) -> bpy.types.Mate
     return mat
 
 
-def _bpy_mesh(key: str, path: str, rng: np.random.Generator) -> bpy.types.Mesh:
+MATERIAL_MODES = ("authored", "simple")
+
+
+def _catalog_mesh(path: str):
+    from assets_manifest import load_mesh
+
+    return load_mesh(path)
+
+
+def _asset_meshes(key: str, path: str, rng: np.random.Generator, mode: str) -> tuple[list, str]:
+    """Blender meshes for one asset in its file frame, and the material status for the sample meta.
+
+    ``authored``: Blender's import of the file when its triangles are the catalog's, else the simple
+    mesh with ``"fallback: <reason>"``. Both paths are cached per asset key in this worker.
+    """
+    if mode not in MATERIAL_MODES:
+        raise ValueError(f"materials must be one of {', '.join(MATERIAL_MODES)}, got {mode!r}")
+    if mode == "simple":
+        return [_bpy_mesh(key, path, rng)], "simple"
+    from datagen.render import authored
+
+    tm = None if authored.is_cached(key) else _catalog_mesh(path)  # loaded once, shared with a fallback
+    meshes, status = authored.authored_meshes(key, path, tm)
+    if meshes is not None:
+        return meshes, status
+    return [_bpy_mesh(key, path, rng, tm)], status
+
+
+def _bpy_mesh(key: str, path: str, rng: np.random.Generator, tm=None) -> bpy.types.Mesh:
     """Blender mesh from the project's loader (cached by sha256 across scenes in this worker)."""
     if key in _MESH_CACHE:
         return _MESH_CACHE[key]
-    from assets_manifest import load_mesh
-
-    tm = load_mesh(path)
+    if tm is None:
+        tm = _catalog_mesh(path)
     verts = np.asarray(tm.vertices, dtype=np.float32)
     faces = np.asarray(tm.faces, dtype=np.int32)
     me = bpy.data.meshes.new(f"mesh_{key[:16]}")
@@ -171,24 +205,35 @@ def _matrix(m) -> list:
     return mathutils.Matrix([list(map(float, row)) for row in m])
 
 
-def build_scene(spec: dict, settings: dict) -> None:
-    """Objects, floor, background, lights and world for one scene spec."""
-    rng = np.random.default_rng(int(spec.get("seed", 0)) + 7)
+def build_scene(spec: dict, settings: dict) -> list[str]:
+    """Objects, floor, background, lights and world for one scene spec.
+
+    Returns the material status of each instance, in ``spec["instances"]`` order.
+    """
+    rng = np.random.default_rng(int(spec.get("seed", 0)) + 7)  # simple materials of meshes new to this worker
+    # floor and world draw from their own stream, as lights do: the stream above is consumed only
+    # when a mesh is not cached yet, which would tie the floor's colour to the worker's history
+    env_rng = np.random.default_rng([int(spec.get("seed", 0)), 13])
     reset_scene()
     sc = configure(settings)
     col = sc.collection
+    mode = str(settings.get("materials", "authored"))
+    statuses = []
     for inst in spec["instances"]:
-        me = _bpy_mesh(inst["sha256"], inst["path"], rng)
-        ob = bpy.data.objects.new(f"inst_{inst['index']}", me)  # linked duplicate of the cached mesh
-        ob.matrix_world = _matrix(inst["object_to_world"])
-        ob.pass_index = int(inst["index"])
-        col.objects.link(ob)
+        meshes, status = _asset_meshes(inst["sha256"], inst["path"], rng, mode)
+        statuses.append(status)
+        for j, me in enumerate(meshes):  # linked duplicates of the cached meshes, one object per part
+            ob = bpy.data.objects.new(f"inst_{inst['index']}" + (f"_{j}" if j else ""), me)
+            ob.matrix_world = _matrix(inst["object_to_world"])
+            ob.pass_index = int(inst["index"])
+            col.objects.link(ob)
     for k, bg in enumerate(spec.get("background", [])):
-        me = _bpy_mesh(f"bg_{bg['path']}", bg["path"], rng)
-        ob = bpy.data.objects.new(f"bg_{k}", me)
-        ob.matrix_world = _matrix(bg["object_to_world"])
-        ob.pass_index = 0
-        col.objects.link(ob)
+        meshes, _ = _asset_meshes(f"bg_{bg['path']}", bg["path"], rng, mode)
+        for j, me in enumerate(meshes):
+            ob = bpy.data.objects.new(f"bg_{k}" + (f"_{j}" if j else ""), me)
+            ob.matrix_world = _matrix(bg["object_to_world"])
+            ob.pass_index = 0
+            col.objects.link(ob)
     if spec.get("floor", False) and settings.get("floor", True):
         me = bpy.data.meshes.new("floor")
         s = 60.0
@@ -196,8 +241,8 @@ def build_scene(spec: dict, settings: dict) -> None:
         mat = bpy.data.materials.new("floor")
         mat.use_nodes = True
         bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
-        bsdf.inputs["Base Color"].default_value = (*rng.uniform(0.05, 0.8, 3), 1.0)
-        bsdf.inputs["Roughness"].default_value = float(rng.uniform(0.2, 1.0))
+        bsdf.inputs["Base Color"].default_value = (*env_rng.uniform(0.05, 0.8, 3), 1.0)
+        bsdf.inputs["Roughness"].default_value = float(env_rng.uniform(0.2, 1.0))
         me.materials.append(mat)
         ob = bpy.data.objects.new("floor", me)
         ob.pass_index = 0
@@ -205,11 +250,12 @@ def build_scene(spec: dict, settings: dict) -> None:
     world = bpy.data.worlds.get("iscene") or bpy.data.worlds.new("iscene")
     world.use_nodes = True
     bg = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
-    bg.inputs["Color"].default_value = (*rng.uniform(0.3, 1.0, 3), 1.0)
-    bg.inputs["Strength"].default_value = float(rng.uniform(0.3, 1.2))
+    bg.inputs["Color"].default_value = (*env_rng.uniform(0.3, 1.0, 3), 1.0)
+    bg.inputs["Strength"].default_value = float(env_rng.uniform(0.3, 1.2))
     sc.world = world
     # lights draw from their own stream: the material stream above depends on the mesh cache
     _add_lights(spec, np.random.default_rng([int(spec.get("seed", 0)), 11]), col)
+    return statuses
 
 
 def _scene_extent(spec: dict) -> tuple[np.ndarray, float]:

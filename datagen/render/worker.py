@@ -33,6 +33,13 @@ class RenderSettings:
     device: str = "auto"  # auto | cpu | gpu
     threads: int = 0  # 0 = all cores this process may use
     crash_on_scene: str | None = None  # test hook: the child exits hard on this scene id
+    # "authored": glTF/OBJ assets keep the materials Blender's importer builds when the imported
+    # triangles equal the catalog's (else a recorded fallback); "simple": base colour only (docs/MATERIALS.md)
+    materials: str = "authored"
+
+    def __post_init__(self) -> None:
+        if self.materials not in ("authored", "simple"):
+            raise ValueError(f"materials must be 'authored' or 'simple', got {self.materials!r}")
 
 
 def _child_entry(fd: int) -> None:
@@ -55,9 +62,11 @@ def _child_main(conn) -> None:
             sys.stderr.flush()
             os._exit(134)  # simulate Blender aborting
         try:
-            blender_scene.build_scene(spec, settings)
+            materials = blender_scene.build_scene(spec, settings)
             seed = int(spec.get("seed", 0))
             views = [blender_scene.render_view(cam, seed * 131 + v) for v, cam in enumerate(spec["cameras"])]
+            for view in views:
+                view["materials"] = list(materials)
             conn.send(("ok", views))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
@@ -123,7 +132,8 @@ class BlenderWorker:
         self.close()
 
     def render(self, spec: dict) -> list[dict]:
-        """One dict per camera: ``rgb`` (H, W, 3) uint8, ``inst`` (H, W) uint16, ``depth`` float32."""
+        """One dict per camera: ``rgb`` (H, W, 3) uint8, ``inst`` (H, W) uint16, ``depth`` float32,
+        and ``materials``: per instance (spec order) ``"authored"``, ``"simple"`` or ``"fallback: <reason>"``."""
         if self._proc is None or self._proc.poll() is not None or self._scenes >= self.recycle_after:
             self.close()
             self._start()
