@@ -1,17 +1,32 @@
-"""Milliseconds per 8-instance scene (assets loaded), against the obvious approach.
+"""Layout cost per 8-instance scene on the real meshes of ../shared/assets: placement, camera
+choice, settling, against the previous camera choice replayed on the same inputs.
 
-    python bench/bench_layout.py [--scenes 30]
+    python bench/bench_layout.py [--scenes 20] [--warm 6] [--gpu-speedup 50]
 
-"ours": the layout sampler (fcl BVHs cached per asset and size, moved by transforms; AABB broad
-phase, then exact fcl distance). "obvious": the same placements checked the obvious way, with a
-trimesh CollisionManager rebuilt for every check (BVH rebuilt from the mesh each time). Both run
-in one process on one core; the collision-check part is timed separately for the ratio.
+Scenes are made with ``datagen.layout.sample_scene`` (default LayoutConfig: 4 views of 518 px,
+fill 0.4, mixed occlusion, 32 min instance pixels, settling on), 8 instances each, after ``--warm``
+scenes have filled the asset caches (a long generation run's steady state). Per scene the time is
+split by wrapping ``sample_cameras`` and ``settle_placed``: camera choice, settling, and placement
+(everything else: sampling, fcl checks, stability, and the work of failed scene tries).
+
+"previous": every ``sample_cameras`` call of the run is replayed with the same inputs and random
+state through ``datagen/cameras.py`` as of commit PREVIOUS (loaded from git), so the ratio and the
+share of identical camera choices come from one process on one machine. Times are CPU seconds of
+this process (``time.process_time``): the machine is shared, and wall time would mostly measure the
+scheduler; wall medians are reported too.
+
+No GPU here: the GPU render time of one 518 px / 32 spp view is projected as the measured CPU Cycles
+time (bench/results/datagen_518px_32spp.json) divided by ``--gpu-speedup`` (an assumption, see
+``gpu_projection`` in the result), and the CPU share is (placement + cameras) / views per view.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,87 +34,150 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import write_result  # noqa: E402
+from bench._common import REPO, RESULTS, SHARED, write_result  # noqa: E402
+
+PREVIOUS = "ab06421"  # last commit before the camera-choice speed-up (issue 14)
+
+
+def previous_cameras(commit: str = PREVIOUS):
+    """datagen/cameras.py as of ``commit``, imported as its own module; None without git."""
+    try:
+        src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:datagen/cameras.py"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "cameras_previous.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("cameras_previous", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["cameras_previous"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def stats(ms) -> dict:
+    import numpy as np
+
+    a = np.asarray(ms, dtype=np.float64)
+    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": int(len(a))}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--scenes", type=int, default=30)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=20)
+    ap.add_argument("--warm", type=int, default=6, help="scenes made first to fill the asset caches (not timed)")
+    ap.add_argument("--gpu-speedup", type=float, default=50.0,
+                    help="assumed Cycles throughput of one render GPU over the 2-core CPU of datagen_518px_32spp.json")
+    ap.add_argument("--no-previous", action="store_true", help="skip replaying the previous camera choice")
     args = ap.parse_args()
+    if args.scenes < 1 or args.warm < 0 or args.gpu_speedup <= 0:
+        ap.error("--scenes >= 1, --warm >= 0 and --gpu-speedup > 0")
     import numpy as np
-    import trimesh
 
     from assets_manifest import build_catalog, load_manifest
     from datagen import layout as L
-    from datagen import physics
+    from datagen.errors import SceneFailure
 
+    old = None if args.no_previous else previous_cameras()
+    clock = time.process_time
     with tempfile.TemporaryDirectory() as tmp:
-        recs = load_manifest(build_catalog("procedural", tmp, n=200, seed=0, progress=False))
-        cfg = L.LayoutConfig(min_instances=8, max_instances=8, views_per_scene=1, width=256, height=256)
+        recs = load_manifest(build_catalog("dir", tmp, inputs=SHARED / "assets", progress=False))
         lib = L.AssetLibrary(recs)
-        # warm the caches (assets already loaded): every asset at every size level it can take
-        for i in range(10):
-            L.sample_scene(lib, cfg, 1, i)
-        physics_ms, full_ms, checks = [], [], []
-        counts = {"distance": 0}
-        orig_distance = physics.distance
+        cfg = L.LayoutConfig(min_instances=8, max_instances=8)
+        calls: list = []
+        orig_cams, orig_settle = L.sample_cameras, L.settle_placed
 
-        def counted(a, b):
-            counts["distance"] += 1
-            return orig_distance(a, b)
+        def cams(meshes, aabbs, rng, ccfg, points=None):
+            state = rng.bit_generator.state
+            t = clock()
+            out = orig_cams(meshes, aabbs, rng, ccfg, points=points)
+            calls.append(("cam", clock() - t, (meshes, aabbs, state, ccfg, points, out)))
+            return out
 
-        physics.distance = counted
+        def settle(*a, **k):
+            t = clock()
+            try:
+                return orig_settle(*a, **k)
+            finally:
+                calls.append(("settle", clock() - t, None))
+
+        L.sample_cameras, L.settle_placed = cams, settle
+        errors: list[str] = []
+        for i in range(args.warm):
+            try:
+                L.sample_scene(lib, cfg, 3, 1000 + i)
+            except Exception as exc:  # noqa: BLE001 - a warm-up scene only fills caches
+                errors.append(f"warm {i}: {type(exc).__name__}: {exc}")
+        rows, failures = [], 0
         for i in range(args.scenes):
-            t0 = time.perf_counter()
-            spec = L.sample_scene(lib, cfg, 2, i)
-            full_ms.append((time.perf_counter() - t0) * 1e3)
-            checks.append(spec)
-        physics.distance = orig_distance
-        # placement only (no cameras), to isolate the physics part
-        cfg0 = L.LayoutConfig(min_instances=8, max_instances=8, views_per_scene=0)
-        for i in range(args.scenes):
-            t0 = time.perf_counter()
-            L.sample_scene(lib, cfg0, 2, i)
-            physics_ms.append((time.perf_counter() - t0) * 1e3)
-        # The obvious approach on the same final scenes: for each instance, a CollisionManager
-        # holding the others is rebuilt and queried (min distance), as an incremental sampler would.
-        ours_check, obvious_check = [], []
-        for spec in checks[:10]:
-            meshes = []
-            for inst in spec["instances"]:
-                m = lib.posed(inst["uid"], inst["pose"])[0].copy()
-                m.apply_scale(inst["size"])
-                # world = T R S P N x: the posed mesh at ``size`` moves by T R = o2w (P N)^-1 S^-1
-                pn = lib.posed(inst["uid"], inst["pose"])[1] @ np.asarray(lib.by_uid[inst["uid"]].normalization)
-                meshes.append((m, np.asarray(inst["object_to_world"]) @ np.linalg.inv(pn) @ np.diag([1 / inst["size"]] * 3 + [1])))
-            t0 = time.perf_counter()
-            for k in range(1, len(meshes)):
-                cm = trimesh.collision.CollisionManager()
-                for j in range(k):
-                    cm.add_object(str(j), meshes[j][0], transform=meshes[j][1])
-                cm.min_distance_single(meshes[k][0], transform=meshes[k][1])
-            obvious_check.append((time.perf_counter() - t0) * 1e3)
-            objs = [physics.fcl_object(lib.sized(inst["uid"], inst["size"], inst["pose"]), 0.0, np.zeros(3)) for inst in spec["instances"]]
-            for o, (_, T) in zip(objs, meshes):
-                import fcl
+            calls.clear()
+            t, w = clock(), time.perf_counter()
+            try:
+                L.sample_scene(lib, cfg, 3, i)
+            except SceneFailure:
+                failures += 1
+            except Exception as exc:  # noqa: BLE001 - e.g. pybullet.error from settling: count it, keep timing
+                failures += 1
+                errors.append(f"scene {i}: {type(exc).__name__}: {exc}")
+            total, wall = clock() - t, time.perf_counter() - w
+            cam = sum(c[1] for c in calls if c[0] == "cam")
+            st = sum(c[1] for c in calls if c[0] == "settle")
+            prev, same = None, []
+            if old is not None:
+                prev = 0.0
+                for kind, _, inp in calls:
+                    if kind != "cam":
+                        continue
+                    meshes, aabbs, state, ccfg, points, out = inp
+                    rng = np.random.default_rng()
+                    rng.bit_generator.state = state
+                    t0 = clock()
+                    ref = old.sample_cameras(meshes, aabbs, rng, ccfg, points=points)
+                    prev += clock() - t0
+                    same.append(ref == out)
+            rows.append({"placement": total - cam - st, "cameras": cam, "settle": st, "wall": wall,
+                         "cameras_previous": prev, "camera_calls": len(same) or None, "identical": same})
+            print(f"scene {i}: placement {rows[-1]['placement'] * 1e3:.0f} ms, cameras {cam * 1e3:.0f} ms"
+                  + (f" (previous {prev * 1e3:.0f} ms, identical {all(same)})" if prev is not None else "")
+                  + f", settle {st * 1e3:.0f} ms (CPU)", flush=True)
+        L.sample_cameras, L.settle_placed = orig_cams, orig_settle
 
-                o.setTransform(fcl.Transform(T[:3, :3], T[:3, 3]))
-            t0 = time.perf_counter()
-            for k in range(1, len(objs)):
-                for j in range(k):
-                    physics.distance(objs[k], objs[j])
-            ours_check.append((time.perf_counter() - t0) * 1e3)
+    ms = {k: [r[k] * 1e3 for r in rows] for k in ("placement", "cameras", "settle", "wall")}
+    ms["total"] = [p + c for p, c in zip(ms["placement"], ms["cameras"])]
+    render_cpu_s = json.loads((RESULTS / "datagen_518px_32spp.json").read_text())["render_seconds_per_view"]
+    gpu_s = render_cpu_s / args.gpu_speedup
+    views = cfg.views_per_scene
     res = {
-        "scenes": args.scenes,
-        "median_ms_per_8_instance_scene_placement_only": float(np.median(physics_ms)),
-        "median_ms_per_8_instance_scene_with_1_camera": float(np.median(full_ms)),
-        "fcl_distance_queries_per_scene": counts["distance"] / args.scenes,
-        "median_ms_all_pair_checks_cached_bvh": float(np.median(ours_check)),
-        "median_ms_all_pair_checks_collision_manager_rebuilt": float(np.median(obvious_check)),
+        "scenes": args.scenes, "instances_per_scene": 8, "views_per_scene": views, "resolution": cfg.width,
+        "assets": len(recs), "catalog": "../shared/assets (dir)", "failed_scenes": failures, "errors": errors,
+        "clock": "CPU seconds of the benchmark process (time.process_time), machine shared and loaded",
+        "ms_per_scene": {k: stats(ms[k]) for k in ("placement", "cameras", "total", "settle")},
+        "wall_ms_per_scene": stats(ms["wall"]),
+        "target": {"total_median_ms": 50.0, "total_p99_ms": 300.0, "cpu_share_of_gpu_render": 0.30},
     }
-    res["speedup_checks_vs_obvious"] = res["median_ms_all_pair_checks_collision_manager_rebuilt"] / res["median_ms_all_pair_checks_cached_bvh"]
-    for k, v in res.items():
-        print(f"{k:55s} {v:10.2f}")
+    if old is not None:
+        ms["cameras_previous"] = [r["cameras_previous"] * 1e3 for r in rows]
+        ms["total_previous"] = [p + c for p, c in zip(ms["placement"], ms["cameras_previous"])]
+        res["previous"] = {
+            "commit": PREVIOUS,
+            "ms_per_scene": {k: stats(ms[k]) for k in ("cameras_previous", "total_previous")},
+            "speedup_cameras_median": float(np.median(ms["cameras_previous"]) / np.median(ms["cameras"])),
+            "speedup_cameras_sum": float(np.sum(ms["cameras_previous"]) / np.sum(ms["cameras"])),
+            "speedup_total_median": float(np.median(ms["total_previous"]) / np.median(ms["total"])),
+            "camera_calls_with_identical_cameras": f"{sum(sum(r['identical']) for r in rows)} of {sum(len(r['identical']) for r in rows)}",
+        }
+    per_view = {k: float(np.median(ms[k])) / views / 1e3 for k in ("total", "settle")}
+    res["gpu_projection"] = {
+        "cpu_render_seconds_per_view_518px_32spp": render_cpu_s,
+        "assumed_gpu_speedup_over_that_cpu": args.gpu_speedup,
+        "projected_gpu_render_seconds_per_view": gpu_s,
+        "source": "not measured (no GPU here): CPU time from bench/results/datagen_518px_32spp.json (Cycles, 2-core "
+                  "CPU) divided by an assumed GPU/CPU Cycles throughput ratio (--gpu-speedup)",
+        "layout_cpu_seconds_per_view_median": per_view["total"],
+        "layout_share_of_gpu_render_median": per_view["total"] / gpu_s,
+        "settle_share_of_gpu_render_median": per_view["settle"] / gpu_s,
+    }
+    print(json.dumps(res, indent=1))
     print("->", write_result("layout", res))
 
 
