@@ -86,7 +86,7 @@ def _spec(path: Path, seed: int = 5, size: int = 96) -> dict:
     cam = {"K": intrinsics(40.0, size, size).tolist(), "world_to_cam": look_at_world_to_cam(eye, target).tolist(),
            "width": size, "height": size}
     return {"scene_id": "materials", "seed": seed, "floor": True, "cameras": [cam],
-            "instances": [{"index": 1, "sha256": f"test-{path.name}", "path": str(path), "uid": path.stem,
+            "instances": [{"index": 1, "sha256": f"test-{path}", "path": str(path), "uid": path.stem,
                            "object_to_world": z_up.tolist(), "world_aabb": aabb, "support": None}]}
 
 
@@ -189,6 +189,7 @@ def test_missing_texture_or_no_material_falls_back(tmp_path):
 
 
 @pytest.mark.blender
+@pytest.mark.slow
 def test_worker_reports_material_status_per_instance():
     """Through the worker process: each view carries the status of every instance, in spec order."""
     from datagen.render import BlenderWorker, RenderSettings
