@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int_in(1, 65536, "--samples"), default=32, help="Cycles samples per pixel")
     p.add_argument("--no-denoise", action="store_true", help="turn OpenImageDenoise off")
     p.add_argument("--no-floor", action="store_true", help="random scenes: do not render a floor")
+    p.add_argument("--materials", choices=["authored", "simple"], default="authored",
+                   help="authored: glTF/OBJ materials through Blender's importer when its triangles equal the catalog's "
+                        "(else a recorded fallback); simple: base colour and vertex colours only (docs/MATERIALS.md)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="Cycles device (auto: GPU if present)")
     p.add_argument("--space", choices=["view", "world", "both"], default="view",
                    help="voxel frames to write: view-centric (always), plus the canonical world frame with `both` (for the no-VC ablation)")
@@ -112,9 +115,11 @@ def generate(args: argparse.Namespace) -> int:
     with FolderLock(args.out, f"iscene-datagen --name {name}"):
         source, n, source_config, source_info = make_source(args)
         threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
-        render = RenderSettings(samples=args.samples, denoise=not args.no_denoise, floor=not args.no_floor, device=args.device, threads=threads)
+        render = RenderSettings(samples=args.samples, denoise=not args.no_denoise, floor=not args.no_floor, device=args.device, threads=threads,
+                                materials=args.materials)
         sample = SampleConfig(dataset=name, resolution=args.grid, space=args.space, min_visible_pixels=args.min_visible_pixels,
-                              render_meta={"engine": "cycles", "samples": args.samples, "denoise": not args.no_denoise, "floor": not args.no_floor})
+                              render_meta={"engine": "cycles", "samples": args.samples, "denoise": not args.no_denoise, "floor": not args.no_floor,
+                                           "materials": args.materials})
         cfg = RunConfig(out=str(args.out), name=name, n=n, seed=args.seed, scenes_per_shard=args.scenes_per_shard,
                         workers=args.workers, address=args.address, use_ray=not args.no_ray, max_retries=args.max_retries,
                         recycle_after=args.recycle_after, render=render, sample=sample, source_config=source_config)

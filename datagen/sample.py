@@ -141,6 +141,8 @@ def make_sample(spec: dict, view: int, render: dict, meshes: MeshCache, cfg: Sam
                 "mask_pixels": int(counts[i + 1]),
                 "visible_fraction": float(min(1.0, counts[i + 1] / amodal[i])) if amodal[i] > 0 else 0.0,
                 "support": inst["support"],
+                # "authored" (the file's own materials), "simple", or "fallback: <why>" (datagen/render/authored.py)
+                "materials": (render.get("materials") or [None] * n)[i],
             }
             for i, inst in enumerate(spec["instances"])
         ],
