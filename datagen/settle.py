@@ -112,21 +112,30 @@ class _World:
         pb.setTimeStep(cfg.timestep, physicsClientId=self.cid)
         pb.changeDynamics(self.floor, -1, lateralFriction=cfg.friction, restitution=0.0, physicsClientId=self.cid)
 
+    def _mesh_shape(self, what: str, vertices: np.ndarray, **kwargs) -> int:
+        """createCollisionShape, with PyBullet's failures (an empty or degenerate vertex list makes it
+        look for a mesh *file* named './') turned into a SettleError: that scene is redrawn and the
+        reason recorded, instead of the exception killing the run."""
+        if len(vertices) < 4:
+            raise SettleError(f"{what}: {len(vertices)} vertices, too few for a collision shape")
+        try:
+            return self.pb.createCollisionShape(self.pb.GEOM_MESH, vertices=vertices.tolist(), physicsClientId=self.cid, **kwargs)
+        except self.pb.error as exc:
+            raise SettleError(f"{what}: PyBullet could not build its collision shape ({exc})") from None
+
     def hull_shape(self, body: Body) -> int:
         key = ("hull", body.key)
         if key not in self.shapes:
             hull = body.hull if body.hull is not None else body.mesh.convex_hull.vertices
-            self.shapes[key] = self.pb.createCollisionShape(
-                self.pb.GEOM_MESH, vertices=(np.asarray(hull) - body.com).tolist(), physicsClientId=self.cid)
+            self.shapes[key] = self._mesh_shape(f"asset {body.key} (hull)", np.asarray(hull, dtype=np.float64) - body.com)
         return self.shapes[key]
 
     def mesh_shape(self, body: Body) -> int:
         key = ("tri", body.key)
         if key not in self.shapes:
             m = body.mesh
-            self.shapes[key] = self.pb.createCollisionShape(
-                self.pb.GEOM_MESH, vertices=(m.vertices - body.com).tolist(), indices=m.faces.ravel().tolist(),
-                flags=self.pb.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=self.cid)
+            self.shapes[key] = self._mesh_shape(f"asset {body.key} (triangles)", np.asarray(m.vertices, dtype=np.float64) - body.com,
+                                                indices=m.faces.ravel().tolist(), flags=self.pb.GEOM_FORCE_CONCAVE_TRIMESH)
         return self.shapes[key]
 
     def add(self, shape: int, mass: float, rot: np.ndarray, com_world: np.ndarray, cfg: SettleConfig, size: float = 1.0) -> int:

@@ -106,3 +106,16 @@ def test_stacked_box_rests_on_its_support():
     top = (upper.mesh.vertices @ res.rot[1].T + res.t[1])[:, 2].min()
     table = (lower.mesh.vertices @ res.rot[0].T + res.t[0])[:, 2].max()
     assert 0 < top - table <= SettleConfig().rest_gap + 1e-4
+
+
+def test_a_shape_pybullet_cannot_build_is_a_settle_error_not_a_crash():
+    """An empty hull made PyBullet look for a mesh file named './' and raise pybullet.error, which
+    killed a layout run on real assets; it must cost that scene only (SettleError is recorded)."""
+    import numpy as np
+
+    from datagen.settle import SettleConfig, SettleError, _world
+
+    world = _world()
+    world.configure(SettleConfig())
+    with pytest.raises(SettleError, match="too few"):
+        world._mesh_shape("asset empty", np.zeros((0, 3)))
