@@ -47,7 +47,9 @@ def test_end_to_end_passes_verify(tmp_path):
     assert rep.summary()["agreement_min"]["mask_pixels_in_voxels"] >= 0.99
     key, s = next(iter_samples(out))
     assert s["vox"]["world_scene"].dtype == np.uint8 and "world_to_grid" in s["meta"]["grid"]
-    assert s["meta"]["render"] == {"engine": "cycles", "samples": 2, "denoise": False, "floor": True}
+    assert s["meta"]["render"] == {"engine": "cycles", "samples": 2, "denoise": False, "floor": True, "materials": "authored"}
+    # procedural PLY-like meshes have no authored materials: each instance says why it fell back
+    assert all(str(i["materials"]).startswith(("authored", "simple", "fallback: ")) for i in s["meta"]["instances"])
     # preview and stats run on it
     assert datagen_main(["preview", str(out), "--out", str(tmp_path / "sheet.png")]) == 0
     assert (tmp_path / "sheet.png").stat().st_size > 5000
