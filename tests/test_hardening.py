@@ -258,8 +258,12 @@ def _damage(ds: Path, how: str) -> str:
     entry = info["shards"][0]
     shard = ds / entry["file"]
     data = bytearray(shard.read_bytes())
-    if how == "truncated_tar":
-        shard.write_bytes(bytes(data[: len(data) // 2 + 100]))
+    if how == "truncated_tar":  # cut inside the last member's data: a fixed fraction can land on a member boundary
+        import tarfile
+
+        with tarfile.open(shard) as tf:
+            last = tf.getmembers()[-1]
+        shard.write_bytes(bytes(data[: last.offset_data + max(1, last.size // 2)]))
     elif how == "flipped_header_byte":
         data[150] ^= 0xFF  # inside the first member's header (name/mode/size fields and checksum)
         shard.write_bytes(bytes(data))
