@@ -23,7 +23,7 @@ import numpy as np
 
 from iscene_core.evaluation.bench import load_bench
 from iscene_core.evaluation.errors import EvalError
-from iscene_core.evaluation.layout import atomic_write_text, write_prediction_info
+from iscene_core.evaluation.layout import atomic_write_text, write_prediction_info, write_scene_glb
 
 __all__ = ["mean_instance_box", "write_box_prediction"]
 
@@ -75,7 +75,6 @@ def write_box_prediction(bench_dir: str | Path, out: str | Path, box: dict, syst
     """Every instance of every bench scene as the box ``box`` (grid corners): a prediction folder."""
     import trimesh
 
-    from iscene_core.infer import GRID_TO_GLTF
     from iscene_core.mesh_export import save_voxels
 
     bench = load_bench(Path(bench_dir))
@@ -91,12 +90,7 @@ def write_box_prediction(bench_dir: str | Path, out: str | Path, box: dict, syst
         lo, hi = bmin / s.resolution - 0.5, bmax / s.resolution - 0.5  # voxel corners -> grid coords in [-0.5, 0.5]
         mesh = trimesh.creation.box(extents=hi - lo, transform=trimesh.transformations.translation_matrix((lo + hi) / 2))
         voxels = _box_voxels(bmin, bmax, s.resolution)
-        scene = trimesh.Scene()
-        for i in s.instance_ids:
-            scene.add_geometry(mesh.copy(), node_name=f"instance_{i}", geom_name=f"instance_{i}", transform=np.asarray(GRID_TO_GLTF))
-        from iscene_core.shards import write_bytes_atomic
-
-        write_bytes_atomic(out / f"{s.key}.glb", scene.export(file_type="glb"))
+        write_scene_glb(out / f"{s.key}.glb", {i: mesh.copy() for i in s.instance_ids})
         save_voxels(out / f"{s.key}.npz", {"scene": voxels, **{f"instance_{i}": voxels for i in s.instance_ids}})
         atomic_write_text(out / f"{s.key}.json", json.dumps({"key": s.key, "instances": s.instance_ids, "system": system}))
     return {"scenes": len(bench.scenes), "box": {"min": bmin.tolist(), "max": bmax.tolist()}}
