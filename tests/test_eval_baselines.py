@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,15 @@ import pytest
 from iscene_core.evaluation.bench import load_bench
 from iscene_core.evaluation.cli import main as eval_main
 from iscene_core.evaluation.layout import read_scene_glb
+from tests.rendered_bench import make_rendered_bench
 
 pytestmark = pytest.mark.blender
 
 
 @pytest.fixture(scope="module")
 def both_spaces(tmp_path_factory) -> dict:
-    from datagen.cli import main as datagen_main
-
     root = tmp_path_factory.mktemp("baselines")
-    os.environ["ISCENE_CACHE"] = str(root / "cache")
-    os.environ["ISCENE_REGISTRY"] = str(root / "registry.json")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    assert datagen_main(["--procedural", "--procedural-n", "24", "--n", "4", "--views-per-scene", "1", "--resolution", "64",
-                         "--samples", "2", "--no-denoise", "--min-visible-pixels", "4", "--no-ray", "--space", "both",
-                         "--min-instances", "2", "--max-instances", "4", "--out", str(root / "ds"), "--name", "both"]) == 0
-    assert eval_main(["make-bench", "--from", str(root / "ds"), "--out", str(root / "bench"), "--no-progress"]) == 0
-    return {"ds": root / "ds", "bench": root / "bench"}
+    return make_rendered_bench(root, "both", scenes=4, catalog=24, min_instances=2, max_instances=4, extra=("--space", "both"))
 
 
 def _instance_boxes(ds: Path, space: str = "view") -> list[tuple[np.ndarray, np.ndarray]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,23 +15,15 @@ from iscene_core.evaluation.bench import load_bench
 from iscene_core.evaluation.cli import main as eval_main
 from iscene_core.evaluation.layout import read_scene_glb, write_scene_glb
 from iscene_core.evaluation.protocols import PROTOCOLS, sample_points, scene_frame
+from tests.rendered_bench import make_rendered_bench
 
 pytestmark = pytest.mark.blender
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> Path:
-    from datagen.cli import main as datagen_main
-
     root = tmp_path_factory.mktemp("eval")
-    os.environ["ISCENE_CACHE"] = str(root / "cache")
-    os.environ["ISCENE_REGISTRY"] = str(root / "registry.json")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    assert datagen_main(["--procedural", "--procedural-n", "40", "--n", "7", "--views-per-scene", "1", "--resolution", "64",
-                         "--samples", "2", "--no-denoise", "--min-visible-pixels", "4", "--no-ray", "--min-instances", "3",
-                         "--max-instances", "5", "--out", str(root / "ds"), "--name", "evt"]) == 0
-    assert eval_main(["make-bench", "--from", str(root / "ds"), "--out", str(root / "bench"), "--no-progress"]) == 0
-    return root / "bench"
+    return make_rendered_bench(root, "evt", scenes=7, catalog=40, min_instances=3, max_instances=5)["bench"]
 
 
 def _scores(path: Path) -> dict:
