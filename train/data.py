@@ -31,7 +31,7 @@ import torch
 from iscene_core import space
 from iscene_core.space import GRID_RESOLUTION
 from iscene_core.conditioning import IMAGE_SIZE, crop_scene, instance_image
-from iscene_core.shards import SampleError, parse_mix, resolve, validate_sample
+from iscene_core.shards import SampleError, grid_keys, parse_mix, resolve, scene_and_instance_coords, validate_sample
 from iscene_core.shards.registry import DatasetEntry
 from train.shard_io import READ_ERRORS, DataError, read_shard, verify_shard
 
@@ -245,13 +245,6 @@ def source_stream(shards: tuple[str, ...], name: str, seed: int, part: int, part
     return SourceStream(entry, cfg, part, parts, BadSampleCounter(1.0))
 
 
-def occupancy(coords: np.ndarray, offsets: np.ndarray, scene: np.ndarray, R: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    return space.coords_to_dense(scene, R), [space.coords_to_dense(coords[offsets[i]:offsets[i + 1]], R) for i in range(len(offsets) - 1)]
-
-
-_VOX_KEYS = {"view": ("scene", "inst_offsets", "inst_coords"), "world": ("world_scene", "world_inst_offsets", "world_inst_coords")}
-
-
 def decode_sample(sample: dict, cfg: DataConfig, rng: np.random.Generator) -> dict:
     """Crops and grids (or cached latents) of one validated sample, instances capped.
 
@@ -260,9 +253,8 @@ def decode_sample(sample: dict, cfg: DataConfig, rng: np.random.Generator) -> di
     [n x (8, 16, 16, 16)]; n = visible instances, at most ``max_instances`` (a seeded subset).
     """
     rgb, inst = sample["rgb"], sample["inst"].astype(np.int64)
-    scene_k, offs_k, coords_k = _VOX_KEYS[cfg.space]
     vox = sample["vox"]
-    n = len(vox[offs_k]) - 1
+    n = len(vox[grid_keys(cfg.space)[1]]) - 1
     ids = [int(i) for i in np.unique(inst) if 1 <= i <= n]
     if len(ids) > cfg.max_instances:
         ids = sorted(rng.choice(ids, size=cfg.max_instances, replace=False).tolist())
@@ -275,9 +267,9 @@ def decode_sample(sample: dict, cfg: DataConfig, rng: np.random.Generator) -> di
         out["scene_lat"] = torch.from_numpy(scene_lat)
         out["inst_lat"] = [torch.from_numpy(inst_lat[i - 1]) for i in ids]
     else:
-        offs, coords = vox[offs_k], vox[coords_k]
-        out["scene_occ"] = torch.from_numpy(space.coords_to_dense(vox[scene_k], cfg.resolution))
-        out["inst_occ"] = [torch.from_numpy(space.coords_to_dense(coords[offs[i - 1]:offs[i]], cfg.resolution)) for i in ids]
+        scene_coords, inst_coords = scene_and_instance_coords(vox, cfg.space)
+        out["scene_occ"] = torch.from_numpy(space.coords_to_dense(scene_coords, cfg.resolution))
+        out["inst_occ"] = [torch.from_numpy(space.coords_to_dense(inst_coords[i - 1], cfg.resolution)) for i in ids]
     return out
 
 

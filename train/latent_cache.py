@@ -61,14 +61,12 @@ def cache_shard(shard: str, sha256: str | None, encoder, space: str, encoder_id:
     import torch
 
     from iscene_core import space as vspace
-    from iscene_core.shards import SampleError, validate_sample
-    from train.data import _VOX_KEYS
+    from iscene_core.shards import SampleError, scene_and_instance_coords, validate_sample
     from train.models import encode_latents
 
     target = cache_path(shard, space, encoder_id)
     if verify:
         verify_shard(shard, sha256)
-    scene_k, offs_k, coords_k = _VOX_KEYS[space]
     arrays: dict[str, np.ndarray] = {}
     cached = skipped = 0
     try:
@@ -78,9 +76,8 @@ def cache_shard(shard: str, sha256: str | None, encoder, space: str, encoder_id:
             except SampleError:
                 skipped += 1
                 continue
-            vox = s["vox"]
-            offs, coords = vox[offs_k], vox[coords_k]
-            grids = [vspace.coords_to_dense(vox[scene_k])] + [vspace.coords_to_dense(coords[offs[i]:offs[i + 1]]) for i in range(len(offs) - 1)]
+            scene, instances = scene_and_instance_coords(s["vox"], space)
+            grids = [vspace.coords_to_dense(c) for c in (scene, *instances)]
             lat = []
             for i in range(0, len(grids), batch_rows):
                 occ = torch.from_numpy(np.stack(grids[i:i + batch_rows])).float().unsqueeze(1).to(device)

@@ -110,9 +110,10 @@ def is_held_out(scene_id: str, fraction: float) -> bool:
 
 
 def _grids_of(vox: dict, space: str) -> list[np.ndarray]:
-    prefix = "" if space == "view" else "world_"
-    scene, offs, coords = vox[f"{prefix}scene"], vox[f"{prefix}inst_offsets"], vox[f"{prefix}inst_coords"]
-    return [scene] + [coords[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+    from iscene_core.shards import scene_and_instance_coords
+
+    scene, instances = scene_and_instance_coords(vox, space)
+    return [scene, *instances]
 
 
 def load_grids(mix: str, space: str, holdout: float) -> tuple[list[np.ndarray], list[np.ndarray], dict]:

@@ -36,9 +36,8 @@ def mean_instance_box(dataset: str | Path, limit: int | None = None, space: str 
     Corners are in voxel units of the 64^3 grid (a voxel ``v`` spans ``[v, v + 1)``). Damaged
     samples are logged and skipped, as every reader of the shard contract does.
     """
-    from iscene_core.shards import DatasetError, iter_valid_samples
+    from iscene_core.shards import DatasetError, iter_valid_samples, scene_and_instance_coords
 
-    prefix = "" if space == "view" else "world_"
     lo, hi, res = [], [], None
 
     def problem(where: str, why: str) -> None:
@@ -46,11 +45,8 @@ def mean_instance_box(dataset: str | Path, limit: int | None = None, space: str 
 
     try:
         for s in iter_valid_samples(dataset, problem, limit=limit, spaces=(space,)):
-            vox = s["vox"]
-            offs, coords = vox[f"{prefix}inst_offsets"], vox[f"{prefix}inst_coords"]
             res = res or int(s["meta"].get("grid", {}).get("resolution", 64))
-            for i in range(len(offs) - 1):
-                c = coords[offs[i]:offs[i + 1]]
+            for c in scene_and_instance_coords(s["vox"], space)[1]:
                 if len(c):
                     lo.append(c.min(0))
                     hi.append(c.max(0) + 1)
