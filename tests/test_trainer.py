@@ -125,11 +125,17 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, q) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     from train.trainer import train
 
-    train(TrainConfig(**cfg_dict))
+    try:
+        train(TrainConfig(**cfg_dict))
+    except Exception as exc:
+        q.put((rank, f"{type(exc).__name__}: {exc}"))
+        raise
     q.put(rank)
 
 
-def test_two_process_ddp_on_cpu(datasets, tmp_path):
+def _run_two_ranks(cfg: TrainConfig) -> tuple[list, list]:
+    """Run ``cfg`` as two gloo ranks in spawned processes; (exit codes, what each rank put on the queue)."""
+    import queue
     import socket
 
     import torch.multiprocessing as mp
@@ -137,7 +143,6 @@ def test_two_process_ddp_on_cpu(datasets, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = _cfg(tmp_path, "big", steps=3, ckpt_every=3)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, cfg.to_dict(), q)) for r in range(2)]
@@ -145,8 +150,36 @@ def test_two_process_ddp_on_cpu(datasets, tmp_path):
         p.start()
     for p in procs:
         p.join(300)
-    assert all(p.exitcode == 0 for p in procs)
-    assert sorted(q.get(timeout=5) for _ in range(2)) == [0, 1]
+    for p in procs:  # a rank still alive after 300 s is hung: fail the test, not the suite
+        if p.is_alive():
+            p.kill()
+    said = []
+    for _ in procs:
+        try:
+            said.append(q.get(timeout=5))
+        except queue.Empty:
+            break
+    return [p.exitcode for p in procs], said
+
+
+def test_ddp_ranks_all_stop_when_rank_zero_refuses_the_run_folder(datasets, tmp_path):
+    """Rank 0 alone checks the run folder; when it refuses (here: an existing run, no --resume),
+    rank 1 must stop with the same reason instead of waiting at a collective forever."""
+    cfg = _cfg(tmp_path, "big", steps=1, ckpt_every=1)
+    Path(cfg.out).mkdir(parents=True)
+    (Path(cfg.out) / "config.json").write_text("{}")  # an earlier run's folder
+    cfg.resume = False
+    codes, said = _run_two_ranks(cfg)
+    assert codes[0] != 0 and codes[1] != 0 and None not in codes  # both stopped, neither hangs
+    reasons = dict(said)
+    assert "already holds a run" in reasons[0] and "rank 0 refused" in reasons[1] and "already holds a run" in reasons[1]
+
+
+def test_two_process_ddp_on_cpu(datasets, tmp_path):
+    cfg = _cfg(tmp_path, "big", steps=3, ckpt_every=3)
+    codes, done = _run_two_ranks(cfg)
+    assert codes == [0, 0]
+    assert sorted(done) == [0, 1]
     assert (Path(cfg.out) / "ckpt" / "step_00000003" / "model.safetensors").is_file()
     assert json.loads((Path(cfg.out) / "ckpt" / "step_00000003" / "meta.json").read_text())["world_size"] == 2
 

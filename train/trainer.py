@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from iscene_core.flow import euler_sample, flow_matching_loss, loss_row_weights
-from iscene_core.shards import FolderLock
-from train.checkpoint import (latest_checkpoint, load_weights, prepare_run_dir, read_resume, restore_rng, rng_state,
+from iscene_core.shards import FolderLock, write_bytes_atomic
+from train.checkpoint import (RunExistsError, latest_checkpoint, load_weights, prepare_run_dir, read_resume, restore_rng, rng_state,
                               save_checkpoint)
 from train.config import TrainConfig
 from train.data import DataConfig, build_loader, check_sources
@@ -262,11 +262,19 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     with ExitStack() as stack:
         # --- run folder: refuse to mix runs, clear on --overwrite, one trainer per folder
+        refusal: BaseException | None = None
         if rank == 0:
-            prepare_run_dir(out, cfg.resume, cfg.overwrite)
-            stack.enter_context(FolderLock(out, "iscene-train", wait=False))
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        _barrier(world)
+            try:
+                prepare_run_dir(out, cfg.resume, cfg.overwrite)
+                stack.enter_context(FolderLock(out, "iscene-train", wait=False))
+                write_bytes_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+            except Exception as exc:  # every rank must hear it, or the others wait at the next collective forever
+                refusal = exc
+        said = _gather(None if refusal is None else f"{type(refusal).__name__}: {refusal}", world)[0]
+        if refusal is not None:
+            raise refusal
+        if said is not None:
+            raise RunExistsError(f"rank 0 refused the run folder {out}: {said}")
         nw = max(1, cfg.num_workers)
         ckpt = latest_checkpoint(out) if cfg.resume else None
         meta, rng, positions = read_resume(ckpt, rank=rank, world_size=world, num_workers=cfg.num_workers) if ckpt else ({}, None, None)
