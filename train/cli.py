@@ -9,6 +9,7 @@
     iscene-train --ray-workers 16 --ray-address auto ...     the same training under Ray Train
     iscene-train cache-latents --mix 3dfront,rand15k --init TRELLIS-image-large   encode every grid once
     iscene-train sweep grid.yaml --out runs/sweep            scaling-law sweep (see train/sweep.py)
+    iscene-train probe runs/main                             does the model use its image? (train/probe.py)
 
 Datasets are registered names (``iscene-datagen --name``) or dataset folders. Exit codes: 0 done,
 2 bad arguments or paths (one line on stderr), 1 the run failed (one line; --debug shows the
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         return vae_main(argv[1:])
     if argv and argv[0] == "cache-latents":
         return cache_latents_main(argv[1:])
+    if argv and argv[0] == "probe":
+        from train.probe import main as probe_main
+
+        return probe_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # bad arguments were reported in one line; return the code to callers of main()
