@@ -311,9 +311,12 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
     if spec.get("description"):
         L += [str(spec["description"]).strip(), ""]
     by_kind = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(doc.get("stage_seconds_by_kind", {}).items(), key=lambda kv: -kv[1]))
-    L += [f"- Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: {doc['machine']}",
-          f"- Wall time of this sweep run: {doc['wall_s'] / 60:.1f} min; stages run now: {doc['stage_seconds_this_run'] / 60:.1f} min; "
-          f"stage states: {', '.join(f'{k} {v}' for k, v in sorted(doc['stages'].items()))}",
+    states = ", ".join(f"{k} {v}" for k, v in sorted(doc["stages"].items()))
+    this_run = (f"- Wall time of this sweep run: {doc['wall_s'] / 60:.1f} min; stages run now: "
+                f"{doc['stage_seconds_this_run'] / 60:.1f} min; stage states: {states}")
+    if set(doc["stages"]) <= {"cached"}:  # --report-only, or a rerun of a finished study: say so, not "0.0 min"
+        this_run = f"- Rebuilt from the stage records; no stage ran in this invocation (stage states: {states})"
+    L += [f"- Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: {doc['machine']}", this_run,
           f"- Compute of the whole study over all its runs (sum of every finished stage's own time): "
           f"{doc.get('stage_seconds_all_runs', 0) / 60:.1f} min ({by_kind} min)", ""]
     vae = doc.get("vae")
