@@ -139,12 +139,20 @@ def learns_task_check(spec: dict, rows: list[dict]) -> dict | None:
     return out
 
 
+def _vae_summary(result: dict | None, root: Path) -> dict | None:
+    """The VAE stage's result with its folder relative to the study (results.json is committed)."""
+    return None if not result else {**result, "path": _rel(result.get("path"), root)}
+
+
 def _rel(path: str | None, root: Path) -> str:
-    """A path as the report shows it: relative to the study folder when inside it (no machine paths)."""
+    """A path as the report shows it, relative to the study folder (``../ablation-nano/vae`` for a stage
+    adopted from a sibling study): no machine paths in a committed report. Paths outside the study's
+    parent folder (another disk, a cluster mount) are shown as given."""
     if not path:
         return "-"
     try:
-        return os.path.relpath(Path(path).resolve(), Path(root).resolve()) if Path(path).resolve().is_relative_to(Path(root).resolve()) else str(path)
+        p, r = Path(path).resolve(), Path(root).resolve()
+        return os.path.relpath(p, r) if p.is_relative_to(r.parent) else str(path)
     except (OSError, ValueError):
         return str(path)
 
@@ -291,7 +299,7 @@ def write_report(study: Study, records: dict, wall_s: float) -> dict:
            "stage_seconds_this_run": stage_seconds, "stage_seconds_all_runs": stage_seconds_all, "stages": stage_counts,
            "learns_task": learns_task_check(spec, rows),
            "stage_seconds_by_kind": _seconds_by_kind(study, records), "cells": rows, "groups": table_recs, "fit": fit,
-           "plots": plots, "vae": (records.get("vae") or {}).get("result")}
+           "plots": plots, "vae": _vae_summary((records.get("vae") or {}).get("result"), study.out)}
     write_json_atomic(out / "results.json", doc)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -322,7 +330,7 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
     vae = doc.get("vae")
     if vae:
         L += [f"Sparse-structure VAE trained by the study: held-out reconstruction IoU {vae['held_out_iou']:.4f} "
-              f"(train {vae['train_iou']:.4f}); weights in `{_rel(vae['path'], study.out)}`.", ""]
+              f"(train {vae['train_iou']:.4f}); weights in `{vae['path']}`.", ""]
     lt = doc.get("learns_task")
     if lt:
         L += ["## Does the model learn the task?", ""]
