@@ -167,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    from iscene_core.shards import DatasetError
+
     try:
         result = probe(args.run, args.step, args.batches, ts, args.seed)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, DatasetError, RuntimeError) as exc:  # RuntimeError: weights of another model
         if args.debug:
             raise
         print(f"{PROG}: {exc}", file=sys.stderr)
