@@ -55,28 +55,6 @@ def _inside_frame(K, w2c, points, width, height, margin) -> bool:
     return bool(np.all((uv[:, 0] >= mx) & (uv[:, 0] <= width - mx) & (uv[:, 1] >= my) & (uv[:, 1] <= height - my)))
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``space.look_at_world_to_cam`` (up = +Z) with the cross products written out: np.cross on
-    3-vectors costs more in argument handling than in arithmetic, and camera choice calls this
-    hundreds of times per scene. Same operations in the same order, so the same bits."""
-    eye = np.asarray(eye, dtype=np.float64)
-    fwd = np.asarray(target, dtype=np.float64) - eye
-    fwd /= np.linalg.norm(fwd)
-    f0, f1, f2 = fwd
-    right = np.array([f1 * 1.0 - f2 * 0.0, f2 * 0.0 - f0 * 1.0, f0 * 0.0 - f1 * 0.0])
-    n = np.linalg.norm(right)
-    if n < 1e-9:
-        raise ValueError("look_at: viewing direction parallel to up")
-    right /= n
-    r0, r1, r2 = right
-    down = np.array([f1 * r2 - f2 * r1, f2 * r0 - f0 * r2, f0 * r1 - f1 * r0])
-    rot = np.stack([right, down, fwd])
-    out = np.eye(4)
-    out[:3, :3] = rot
-    out[:3, 3] = -rot @ eye
-    return out
-
-
 def fit_distance(K, direction, target, corners, width, height, margin) -> float | None:
     """Smallest camera distance along ``direction`` (unit, from target to eye) framing ``corners``.
 
@@ -87,7 +65,7 @@ def fit_distance(K, direction, target, corners, width, height, margin) -> float 
     K = np.asarray(K, dtype=np.float64)
     corners = np.asarray(corners, dtype=np.float64)
     radius = float(np.max(np.linalg.norm(corners - target, axis=1)))
-    w2c = np.asarray(_look_at(target + radius * direction, target), dtype=np.float64)
+    w2c = np.asarray(space.look_at_world_to_cam(target + radius * direction, target), dtype=np.float64)
     p = (corners - target) @ w2c[:3, :3].T  # camera axes, origin at the target
     need = [np.full(len(p), 1e-3 - p[:, 2] + 1e-9)]
     for axis, size, m in ((0, width, margin * width), (1, height, margin * height)):
@@ -416,7 +394,7 @@ def _framed_camera(K, direction, centre, frame_pts, splats: Splats, cfg: CameraC
     target = np.asarray(centre, dtype=np.float64)
 
     def camera(t, dist: float) -> dict:
-        return {"K": K.tolist(), "world_to_cam": _look_at(t + dist * direction, t).tolist(),
+        return {"K": K.tolist(), "world_to_cam": space.look_at_world_to_cam(t + dist * direction, t).tolist(),
                 "width": cfg.width, "height": cfg.height}
 
     d = fit_distance(K, direction, target, frame_pts, cfg.width, cfg.height, cfg.frame_margin)
@@ -425,7 +403,7 @@ def _framed_camera(K, direction, centre, frame_pts, splats: Splats, cfg: CameraC
     if cfg.fill is None:
         return 0.0, camera(target, d)
     for _ in range(2):  # re-aim at the projected box's centre, then fit again
-        w2c = _look_at(target + d * direction, target)
+        w2c = space.look_at_world_to_cam(target + d * direction, target)
         uv, _ = space.project_points(K, w2c, frame_pts)
         off = 0.5 * (uv.min(axis=0) + uv.max(axis=0)) - np.array([cfg.width / 2.0, cfg.height / 2.0])
         r = np.linalg.inv(np.asarray(w2c)[:3, :3])  # camera axes (x right, y down) in world

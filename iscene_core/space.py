@@ -134,17 +134,26 @@ def project_points(K: np.ndarray, world_to_cam: np.ndarray, points_world: np.nda
     return uv, z
 
 
+def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.cross`` of two 3-vectors, written out with np.cross's own operations (so the same bits):
+    for single vectors np.cross spends more on argument handling than on arithmetic, and camera
+    choice builds hundreds of look-at matrices per scene."""
+    a0, a1, a2 = a
+    b0, b1, b2 = b
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
 def look_at_world_to_cam(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV ``world_to_cam`` for a camera at ``eye`` looking at ``target`` with world ``up``."""
     eye = np.asarray(eye, dtype=np.float64)
     fwd = np.asarray(target, dtype=np.float64) - eye
     fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, np.asarray(up, dtype=np.float64))
+    right = _cross3(fwd, np.asarray(up, dtype=np.float64))
     n = np.linalg.norm(right)
     if n < 1e-9:
         raise ValueError("look_at: viewing direction parallel to up")
     right /= n
-    down = np.cross(fwd, right)
+    down = _cross3(fwd, right)
     rot = np.stack([right, down, fwd])  # rows: camera axes in world coords
     out = np.eye(4)
     out[:3, :3] = rot

@@ -58,13 +58,25 @@ def test_ranking_subset_is_bounded_per_instance_and_keeps_small_instances_whole(
         C.Splats([])
 
 
+def _look_at_with_np_cross(eye, target, up=(0.0, 0.0, 1.0)):
+    fwd = np.asarray(target, dtype=np.float64) - eye
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, np.asarray(up, dtype=np.float64))
+    right /= np.linalg.norm(right)
+    rot = np.stack([right, np.cross(fwd, right), fwd])
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = rot, -rot @ eye
+    return out
+
+
 def test_written_out_look_at_is_bit_identical():
     rng = np.random.default_rng(2)
     for _ in range(2000):
-        eye, target = rng.normal(size=3) * rng.uniform(0.1, 10), rng.normal(size=3)
-        assert np.array_equal(C._look_at(eye, target), space.look_at_world_to_cam(eye, target))
+        eye, target, up = rng.normal(size=3) * rng.uniform(0.1, 10), rng.normal(size=3), rng.normal(size=3)
+        assert np.array_equal(space.look_at_world_to_cam(eye, target), _look_at_with_np_cross(eye, target))
+        assert np.array_equal(space.look_at_world_to_cam(eye, target, up), _look_at_with_np_cross(eye, target, up))
     with pytest.raises(ValueError):
-        C._look_at(np.array([0.0, 0.0, 2.0]), np.zeros(3))
+        space.look_at_world_to_cam(np.array([0.0, 0.0, 2.0]), np.zeros(3))
 
 
 def test_camera_choice_is_a_function_of_its_inputs_and_obeys_its_rules():
