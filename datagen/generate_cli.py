@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from datagen.layout_cli import add_source_arguments
+from datagen.render.worker import MATERIAL_MODES
 from iscene_core.cli_family import FamilyParser, UsageError, add_debug_flag, int_in, output_dir, run_guarded
 
 SOURCES = {"random": "random", "3d-front": "3d-front", "3dfront": "3d-front"}  # one name, an old spelling accepted
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int_in(1, 65536, "--samples"), default=32, help="Cycles samples per pixel")
     p.add_argument("--no-denoise", action="store_true", help="turn OpenImageDenoise off")
     p.add_argument("--no-floor", action="store_true", help="random scenes: do not render a floor")
-    p.add_argument("--materials", choices=["authored", "simple"], default="authored",
+    p.add_argument("--materials", choices=MATERIAL_MODES, default="authored",
                    help="authored: glTF/OBJ materials through Blender's importer when its triangles equal the catalog's "
                         "(else a recorded fallback); simple: base colour and vertex colours only (docs/MATERIALS.md)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="Cycles device (auto: GPU if present)")

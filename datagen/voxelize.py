@@ -70,7 +70,6 @@ class _Tris:
         return _Tris(p, e, n, 0.5 * ((an[0] + an[1]) + an[2]), lo, [h - l + 1 for h, l in zip(hi, lo)])
 
 
-
 def _sat_pairs(T: _Tris, f: np.ndarray, c: dict, groups=(0, 1, 2), plane: bool = True) -> np.ndarray:
     """Boolean per pair: does triangle ``f[i]`` overlap the closed unit box centred at ``c[a][i]``?
 

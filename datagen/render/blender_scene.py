@@ -30,6 +30,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from datagen.render.worker import MATERIAL_MODES
+
 _MESH_CACHE: dict[str, bpy.types.Mesh] = {}
 _DEVICE_SET = False
 
@@ -140,9 +142,6 @@ def _material_for(mesh_tm, key: str, rng: np.random.Generator) -> bpy.types.Mate
     return mat
 
 
-MATERIAL_MODES = ("authored", "simple")
-
-
 def _catalog_mesh(path: str):
     from assets_manifest import load_mesh
 
@@ -205,6 +204,16 @@ def _matrix(m) -> list:
     return mathutils.Matrix([list(map(float, row)) for row in m])
 
 
+def _link_parts(col, name: str, meshes: list, object_to_world, pass_index: int) -> None:
+    """One object per part (linked duplicates of the cached meshes), all placed by ``object_to_world``;
+    ``pass_index`` is the instance id of the mask (0: background)."""
+    for j, me in enumerate(meshes):
+        ob = bpy.data.objects.new(name + (f"_{j}" if j else ""), me)
+        ob.matrix_world = _matrix(object_to_world)
+        ob.pass_index = pass_index
+        col.objects.link(ob)
+
+
 def build_scene(spec: dict, settings: dict) -> list[str]:
     """Objects, floor, background, lights and world for one scene spec.
 
@@ -222,18 +231,10 @@ def build_scene(spec: dict, settings: dict) -> list[str]:
     for inst in spec["instances"]:
         meshes, status = _asset_meshes(inst["sha256"], inst["path"], rng, mode)
         statuses.append(status)
-        for j, me in enumerate(meshes):  # linked duplicates of the cached meshes, one object per part
-            ob = bpy.data.objects.new(f"inst_{inst['index']}" + (f"_{j}" if j else ""), me)
-            ob.matrix_world = _matrix(inst["object_to_world"])
-            ob.pass_index = int(inst["index"])
-            col.objects.link(ob)
+        _link_parts(col, f"inst_{inst['index']}", meshes, inst["object_to_world"], int(inst["index"]))
     for k, bg in enumerate(spec.get("background", [])):
         meshes, _ = _asset_meshes(f"bg_{bg['path']}", bg["path"], rng, mode)
-        for j, me in enumerate(meshes):
-            ob = bpy.data.objects.new(f"bg_{k}" + (f"_{j}" if j else ""), me)
-            ob.matrix_world = _matrix(bg["object_to_world"])
-            ob.pass_index = 0
-            col.objects.link(ob)
+        _link_parts(col, f"bg_{k}", meshes, bg["object_to_world"], 0)
     if spec.get("floor", False) and settings.get("floor", True):
         me = bpy.data.meshes.new("floor")
         s = 60.0

@@ -25,6 +25,11 @@ class RenderError(RuntimeError):
     """Blender raised an exception for this scene (the process is still usable)."""
 
 
+# "authored": glTF/OBJ assets keep the materials Blender's importer builds when the imported triangles
+# equal the catalog's (else a recorded fallback); "simple": base colour only (docs/MATERIALS.md)
+MATERIAL_MODES = ("authored", "simple")
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     samples: int = 32
@@ -33,13 +38,11 @@ class RenderSettings:
     device: str = "auto"  # auto | cpu | gpu
     threads: int = 0  # 0 = all cores this process may use
     crash_on_scene: str | None = None  # test hook: the child exits hard on this scene id
-    # "authored": glTF/OBJ assets keep the materials Blender's importer builds when the imported
-    # triangles equal the catalog's (else a recorded fallback); "simple": base colour only (docs/MATERIALS.md)
-    materials: str = "authored"
+    materials: str = "authored"  # one of MATERIAL_MODES
 
     def __post_init__(self) -> None:
-        if self.materials not in ("authored", "simple"):
-            raise ValueError(f"materials must be 'authored' or 'simple', got {self.materials!r}")
+        if self.materials not in MATERIAL_MODES:
+            raise ValueError(f"materials must be one of {', '.join(MATERIAL_MODES)}, got {self.materials!r}")
 
 
 def _child_entry(fd: int) -> None:
