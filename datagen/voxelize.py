@@ -4,24 +4,16 @@ Exact triangle/box overlap by the separating-axis theorem (Akenine-Moeller's 13 
 closed (a triangle touching a voxel's face marks it), like upstream TRELLIS's conservative open3d
 voxelisation.
 
-How the fast path keeps the work small (numpy only, no per-triangle Python loop):
-
-* coordinates are kept as one contiguous array per (axis, vertex): numpy's reductions along a
-  short middle axis (``tri.min(axis=1)``) cost several times an elementwise op;
-* a voxel holding a vertex is occupied without a test, and candidates already occupied are
-  skipped before any test (on dense meshes most candidates are);
-* small triangles (bounding box of at most 3 voxels per axis) get their candidates from a fixed
-  2^3 or 3^3 offset table by broadcasting, not by per-pair index arithmetic;
-* large triangles are scan-converted: for the normal's dominant axis w, the 2-D test of the
-  projection on the other two axes runs once per column, the plane then bounds the (at most 4)
-  voxels of the column it can cross, and only those get the remaining tests. Work follows the
-  triangle's area instead of its bounding-box volume;
-* pairs are tested plane first, then one axis group at a time, dropping rejected pairs between.
+The fast path is one compiled loop over triangles (numba; the numpy form of the same scan
+conversion was 2-5x slower and open3d 1-4x slower, bench/bench_voxelize.py): each triangle is
+scan-converted along its normal's dominant axis w, the plane bounds the (at most a few) voxels of
+each column of its bounding box it can cross, voxels already occupied are skipped, and only the
+rest get the full test. Work follows the triangle's area instead of its bounding-box volume.
 
 The 9 "box axis a x edge" axes split into three groups by a: group a only involves the two other
 coordinates (it is the 2-D test of the projection along a). Every path evaluates a given axis on a
-given (triangle, voxel) pair with the same floating-point operations (``_sat_pairs``), so the fast
-path returns exactly what testing every bounding-box voxel returns (``method="plain"``), ties
+given (triangle, voxel) pair with the same floating-point operations (``_sat_pairs`` and its
+per-pair twin ``_overlaps``), so the fast path returns exactly what testing every bounding-box voxel returns (``method="plain"``), ties
 included; tests/test_voxelize.py checks both against an independent reference.
 """
 
@@ -29,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 __all__ = ["voxelize_surface"]
@@ -70,12 +63,11 @@ class _Tris:
         return _Tris(p, e, n, 0.5 * ((an[0] + an[1]) + an[2]), lo, [h - l + 1 for h, l in zip(hi, lo)])
 
 
-def _sat_pairs(T: _Tris, f: np.ndarray, c: dict, groups=(0, 1, 2), plane: bool = True) -> np.ndarray:
+def _sat_pairs(T: _Tris, f: np.ndarray, c: list) -> np.ndarray:
     """Boolean per pair: does triangle ``f[i]`` overlap the closed unit box centred at ``c[a][i]``?
 
-    Only the tests asked for are run (the box axes are the caller's bounding-box range). Pairs are
-    dropped as soon as a test separates them. Each test's arithmetic on a pair is fixed here, so all
-    callers agree bit for bit.
+    The plane, then the 9 edge axes (the box axes are the caller's bounding-box range). Pairs are
+    dropped as soon as a test separates them. ``_overlaps`` does the same arithmetic per pair.
     """
     alive = np.arange(len(f))
     fa = f
@@ -83,12 +75,11 @@ def _sat_pairs(T: _Tris, f: np.ndarray, c: dict, groups=(0, 1, 2), plane: bool =
     def centred(a, m):
         return T.p[a][m][fa] - c[a][alive]
 
-    if plane:
-        # signed distance of vertex 0 to the box centre along n, summed in axis order
-        val = (T.n[0][fa] * centred(0, 0) + T.n[1][fa] * centred(1, 0)) + T.n[2][fa] * centred(2, 0)
-        keep = np.abs(val) <= T.rn[fa]
-        alive, fa = alive[keep], fa[keep]
-    for a in groups:
+    # signed distance of vertex 0 to the box centre along n, summed in axis order
+    val = (T.n[0][fa] * centred(0, 0) + T.n[1][fa] * centred(1, 0)) + T.n[2][fa] * centred(2, 0)
+    keep = np.abs(val) <= T.rn[fa]
+    alive, fa = alive[keep], fa[keep]
+    for a in range(3):
         b, cc = (a + 1) % 3, (a + 2) % 3
         B = [centred(b, m) for m in range(3)]
         C = [centred(cc, m) for m in range(3)]
@@ -109,60 +100,11 @@ def _sat_pairs(T: _Tris, f: np.ndarray, c: dict, groups=(0, 1, 2), plane: bool =
     return hit
 
 
-def _offsets(S: int, R: int):
-    """Offsets of an S^3 block: per axis, and as linear-index steps."""
-    o = np.stack(np.meshgrid(*(np.arange(S),) * 3, indexing="ij"), axis=0).reshape(3, -1)
-    return o, (o[0] * R + o[1]) * R + o[2]
-
-
-def _mark_small(occ: np.ndarray, T: _Tris, sel: np.ndarray, S: int, R: int) -> None:
-    """Triangles ``sel`` (bounding box within an S^3 block): candidates by broadcasting, unmarked only."""
-    o, olin = _offsets(S, R)
-    lo, span = [x[sel] for x in T.lo], [x[sel] for x in T.span]
-    valid = (o[0] < span[0][:, None]) & (o[1] < span[1][:, None]) & (o[2] < span[2][:, None])
-    lin = ((lo[0] * R + lo[1]) * R + lo[2])[:, None] + olin  # occ is padded past R^3
-    todo = valid & ~occ[lin]
-    f, q = np.nonzero(todo)
-    lin = lin[todo]
-    c = [(lo[a] + 0.5)[f] + o[a][q] for a in range(3)]
-    occ[lin[_sat_pairs(T, sel[f], c)]] = True
-
-
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(owner, rank) of every item when owner i has counts[i] items."""
     owner = np.repeat(np.arange(len(counts)), counts)
     rank = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     return owner, rank
-
-
-def _mark_columns(occ: np.ndarray, T: _Tris, sel: np.ndarray, w: int, R: int) -> None:
-    """Scan conversion of triangles ``sel``, whose normal's dominant axis is w (columns along w)."""
-    u, v = (w + 1) % 3, (w + 2) % 3
-    f, r = _expand(T.span[u][sel] * T.span[v][sel])
-    f = sel[f]
-    c = {u: T.lo[u][f] + r // T.span[v][f] + 0.5, v: T.lo[v][f] + r % T.span[v][f] + 0.5}
-    ok = _sat_pairs(T, f, c, groups=(w,), plane=False)  # the projection along w
-    f, c = f[ok], {a: x[ok] for a, x in c.items()}
-    # plane: |base + n_w (p_w - c_w)| <= rn solved for c_w, widened a hair; the exact test follows
-    n = [T.n[a][f] for a in range(3)]
-    base = n[u] * (T.p[u][0][f] - c[u]) + n[v] * (T.p[v][0][f] - c[v])
-    rn = T.rn[f]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s1, s2 = (-rn - base) / n[w], (rn - base) / n[w]
-    zw = T.p[w][0][f] - 0.5
-    lo_k, hi_k = T.lo[w][f], T.lo[w][f] + T.span[w][f] - 1
-    k0 = np.clip(np.nan_to_num(np.ceil(zw - np.maximum(s1, s2) - 1e-6)), lo_k, hi_k + 1).astype(np.int64)
-    k1 = np.clip(np.nan_to_num(np.floor(zw - np.minimum(s1, s2) + 1e-6)), lo_k - 1, hi_k).astype(np.int64)
-    flat = n[w] == 0  # zero-area triangle: the plane test holds everywhere
-    k0, k1 = np.where(flat, lo_k, k0), np.where(flat, hi_k, k1)
-    col, rank = _expand(np.maximum(k1 - k0 + 1, 0))
-    f = f[col]
-    c = {u: c[u][col], v: c[v][col], w: (k0[col] + rank) + 0.5}
-    idx = [(c[a] - 0.5).astype(np.int64) for a in range(3)]
-    lin = (idx[0] * R + idx[1]) * R + idx[2]
-    todo = ~occ[lin]
-    f, lin, c = f[todo], lin[todo], {a: x[todo] for a, x in c.items()}
-    occ[lin[_sat_pairs(T, f, c, groups=(u, v), plane=True)]] = True
 
 
 def _mark_plain(occ: np.ndarray, T: _Tris, sel: np.ndarray, R: int) -> None:
@@ -184,6 +126,86 @@ def _batches(cost: np.ndarray):
     bounds = sorted(set(starts.tolist()) | {0, len(cost)})
     for a, b in zip(bounds[:-1], bounds[1:]):
         yield np.arange(a, b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlaps(P, E, N, rn, c0, c1, c2):  # pragma: no cover - compiled
+    """``_sat_pairs`` for one (triangle, voxel centre) pair, with the same operations."""
+    c = (c0, c1, c2)
+    val = (N[0] * (P[0, 0] - c0) + N[1] * (P[1, 0] - c1)) + N[2] * (P[2, 0] - c2)
+    if not abs(val) <= rn:
+        return False
+    for a in range(3):
+        b, cc = (a + 1) % 3, (a + 2) % 3
+        for k in range(3):
+            eb, ec = E[b, k], E[cc, k]
+            r = 0.5 * (abs(eb) + abs(ec))
+            m2 = (k + 2) % 3
+            pa = (P[cc, k] - c[cc]) * eb - (P[b, k] - c[b]) * ec
+            pb = (P[cc, m2] - c[cc]) * eb - (P[b, m2] - c[b]) * ec
+            if not (min(pa, pb) <= r and max(pa, pb) >= -r):
+                return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _voxel_kernel(g, faces, R, occ):  # pragma: no cover - compiled
+    """Marks in ``occ`` (R^3, flat) every voxel a triangle overlaps, scan-converting each triangle
+    along its normal's dominant axis w: per column (u, v) of its bounding box the plane bounds the
+    w range (widened a hair), and only those voxels get the full test."""
+    P = np.empty((3, 3))
+    E = np.empty((3, 3))
+    N = np.empty(3)
+    lo = np.empty(3, np.int64)
+    hi = np.empty(3, np.int64)
+    idx = np.empty(3, np.int64)
+    for t in range(faces.shape[0]):
+        for a in range(3):
+            for m in range(3):
+                P[a, m] = g[faces[t, m], a]
+        miss = False
+        for a in range(3):
+            mn = min(P[a, 0], P[a, 1], P[a, 2])
+            mx = max(P[a, 0], P[a, 1], P[a, 2])
+            if mx < 0 or mn > R:
+                miss = True
+            # closed voxel i = [i, i+1] touches [mn, mx] iff ceil(mn) - 1 <= i <= floor(mx)
+            lo[a] = min(max(np.ceil(mn) - 1, 0), R - 1)
+            hi[a] = min(max(np.floor(mx), 0), R - 1)
+        if miss:
+            continue
+        for a in range(3):
+            for k in range(3):
+                E[a, k] = P[a, (k + 1) % 3] - P[a, k]
+        for a in range(3):
+            b, cc = (a + 1) % 3, (a + 2) % 3
+            N[a] = E[b, 0] * E[cc, 1] - E[cc, 0] * E[b, 1]
+        rn = 0.5 * ((abs(N[0]) + abs(N[1])) + abs(N[2]))
+        an0, an1, an2 = abs(N[0]), abs(N[1]), abs(N[2])
+        w = 0 if an0 >= max(an1, an2) else (1 if an1 >= an2 else 2)
+        u, v = (w + 1) % 3, (w + 2) % 3
+        for iu in range(lo[u], hi[u] + 1):
+            cu = iu + 0.5
+            for iv in range(lo[v], hi[v] + 1):
+                cv = iv + 0.5
+                k0, k1 = lo[w], hi[w]
+                if N[w] != 0.0:
+                    # |base + n_w (p_w - c_w)| <= rn solved for c_w; the exact test follows
+                    base = N[u] * (P[u, 0] - cu) + N[v] * (P[v, 0] - cv)
+                    s1 = (-rn - base) / N[w]
+                    s2 = (rn - base) / N[w]
+                    zw = P[w, 0] - 0.5
+                    k0 = max(k0, int(np.ceil(zw - max(s1, s2) - 1e-6)))
+                    k1 = min(k1, int(np.floor(zw - min(s1, s2) + 1e-6)))
+                idx[u], idx[v] = iu, iv
+                for kw in range(k0, k1 + 1):
+                    idx[w] = kw
+                    lin = (idx[0] * R + idx[1]) * R + idx[2]
+                    if occ[lin]:
+                        continue
+                    c = (idx[0] + 0.5, idx[1] + 0.5, idx[2] + 0.5)
+                    if _overlaps(P, E, N, rn, c[0], c[1], c[2]):
+                        occ[lin] = True
 
 
 def voxelize_surface(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, *, method: str = "fast") -> np.ndarray:
@@ -209,42 +231,13 @@ def voxelize_surface(vertices: np.ndarray, faces: np.ndarray, resolution: int = 
         raise ValueError("voxelize_surface: face index out of range")
     if not np.all(np.isfinite(v)):
         raise ValueError("voxelize_surface: non-finite vertices")
-    g = [(np.ascontiguousarray(v[:, a]) + 0.5) * R for a in range(3)]  # grid units per vertex
-    fc = [np.ascontiguousarray(f[:, m]) for m in range(3)]
-    T = _Tris.build(g, fc, R)
-    # padding past R^3 lets candidate blocks that stick out of the grid be looked up, then masked
-    occ = np.zeros(R ** 3 + 3 * (R * R + R + 1), dtype=bool)
-    if method == "plain":
+    occ = np.zeros(R ** 3, dtype=bool)
+    if method == "fast":
+        _voxel_kernel(np.ascontiguousarray((v + 0.5) * R), np.ascontiguousarray(f), R, occ)  # grid units per vertex
+    else:
+        g = [(np.ascontiguousarray(v[:, a]) + 0.5) * R for a in range(3)]
+        T = _Tris.build(g, [np.ascontiguousarray(f[:, m]) for m in range(3)], R)
         for idx in _batches(T.span[0] * T.span[1] * T.span[2]):
             _mark_plain(occ, T, idx, R)
-    else:
-        # a voxel holding a vertex of a face is occupied
-        used = np.zeros(len(v), dtype=bool)
-        used[f.ravel()] = True
-        gi = [np.clip(np.floor(x[used]), 0, R - 1).astype(np.int64) for x in g]
-        inside = np.ones(len(gi[0]), dtype=bool)
-        for x in g:
-            inside &= (x[used] >= 0) & (x[used] <= R)
-        occ[((gi[0] * R + gi[1]) * R + gi[2])[inside]] = True
-        smax = np.maximum(np.maximum(T.span[0], T.span[1]), T.span[2])
-        # a one-voxel box that was not clipped holds the whole triangle, in a voxel marked above
-        inside = (smax == 1) & np.all([(x >= 0) & (x <= R) for pa in T.p for x in pa], axis=0)
-        for S, sel in ((2, (smax <= 2) & ~inside), (3, smax == 3)):
-            sel = np.nonzero(sel)[0]
-            for idx in _batches(np.full(len(sel), S ** 3)):
-                _mark_small(occ, T, sel[idx], S, R)
-        big = np.nonzero(smax > 3)[0]
-        if len(big):
-            an = [np.abs(x[big]) for x in T.n]
-            dom = np.where(an[0] >= np.maximum(an[1], an[2]), 0, np.where(an[1] >= an[2], 1, 2))
-            for w in range(3):
-                sel = big[dom == w]
-                if len(sel) == 0:
-                    continue
-                u, vv = (w + 1) % 3, (w + 2) % 3
-                # a column holds at most 4 candidates unless the triangle has zero area
-                cost = T.span[u][sel] * T.span[vv][sel] * np.where(T.n[w][sel] == 0, T.span[w][sel], 4)
-                for idx in _batches(cost):
-                    _mark_columns(occ, T, sel[idx], w, R)
-    lin = np.nonzero(occ[: R ** 3])[0]
+    lin = np.nonzero(occ)[0]
     return np.stack([lin // (R * R), (lin // R) % R, lin % R], axis=1).astype(np.uint8)
