@@ -10,8 +10,13 @@ split by wrapping ``sample_cameras`` and ``settle_placed``: camera choice, settl
 (everything else: sampling, fcl checks, stability, and the work of failed scene tries).
 
 "previous": every ``sample_cameras`` call of the run is replayed with the same inputs and random
-state through ``datagen/cameras.py`` as of commit PREVIOUS (loaded from git), so the ratio and the
-share of identical camera choices come from one process on one machine. Times are CPU seconds of
+state through ``datagen/cameras.py`` as of commit PREVIOUS (loaded from git; it calls today's
+``datagen.raster``, whose compiled rasteriser only makes the replay faster than it was, so the
+ratio is a lower bound), so the ratio and the share of identical camera choices come from one
+process on one machine. PREVIOUS's camera choice splatted surface samples to pre-screen every
+candidate and rasterised each mesh separately; today's z-buffers the scene once per candidate and
+checks candidates in order of frame fill, so its choices differ by design (the identical count is
+expected near 0). Times are CPU seconds of
 this process (``time.process_time``): the machine is shared, and wall time would mostly measure the
 scheduler; wall medians are reported too.
 
@@ -36,7 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, RESULTS, SHARED, write_result  # noqa: E402
 
-PREVIOUS = "ab06421"  # last commit before the camera-choice speed-up (issue 14)
+PREVIOUS = "ceff512"  # last commit before the compiled scene z-buffer in camera choice (issue 14)
 
 
 def previous_cameras(commit: str = PREVIOUS):
@@ -87,10 +92,10 @@ def main() -> None:
         calls: list = []
         orig_cams, orig_settle = L.sample_cameras, L.settle_placed
 
-        def cams(meshes, aabbs, rng, ccfg, points=None):
+        def cams(meshes, aabbs, rng, ccfg, points=None, hull_points=None):
             state = rng.bit_generator.state
             t = clock()
-            out = orig_cams(meshes, aabbs, rng, ccfg, points=points)
+            out = orig_cams(meshes, aabbs, rng, ccfg, points=points, hull_points=hull_points)
             calls.append(("cam", clock() - t, (meshes, aabbs, state, ccfg, points, out)))
             return out
 

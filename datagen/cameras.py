@@ -8,8 +8,10 @@ strip. ``occlusion`` asks for views where instances hide each other (the paper's
 "heavy": a third of the instances at most 60 % visible, from lower elevations), views where none
 does ("none": all >= 90 % visible), or a third of the views heavy ("mixed", the default). Before
 anything is rendered, a view is resampled when some instance would be (almost) hidden
-behind others or would cover fewer than ``min_instance_pixels`` visible pixels (estimated by
-splatting surface samples), instead of the view being dropped after rendering.
+behind others or would cover fewer than ``min_instance_pixels`` visible pixels (an exact z-buffer of
+the scene's triangles at 128 px, ``datagen.raster.SceneRaster``), instead of the view being
+dropped after rendering. Candidate viewpoints are ranked by a frame fill splatted from surface
+samples (cheap, and only a ranking).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from datagen.raster import SceneRaster
 from iscene_core import space
 
 VISIBILITY_WIDTH = 96  # pixels of the low-resolution depth buffer used to estimate visibility
@@ -130,10 +133,10 @@ class Splats:
     """Per-instance surface samples of one scene, concatenated once.
 
     Camera choice projects the same points for every candidate viewpoint; concatenating the
-    per-instance arrays (tens of thousands of points with real meshes' vertices) and tagging them
-    once per scene instead of once per candidate is what this saves. The arithmetic of a projection
-    is the same as ``space.project_points`` on the concatenated points, so estimates are
-    bit-for-bit those of ``view_estimates`` / ``frame_fill`` on the list.
+    per-instance arrays (tens of thousands of points with real meshes' vertices) once per scene
+    instead of once per candidate is what this saves. The arithmetic of a projection is the same as
+    ``space.project_points`` on the concatenated points, so ``fast_frame_fill(exact=True)`` is
+    bit-for-bit ``frame_fill`` on the list.
     """
 
     def __init__(self, points: list[np.ndarray]):
@@ -141,9 +144,8 @@ class Splats:
             raise ValueError("Splats needs the surface samples of at least one instance")
         self.n = len(points)
         self.points = np.ascontiguousarray(np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in points]))
-        self.ids = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(points)])
         # every k-th sample of each instance, at most RANK_POINTS of them: enough to rank candidate
-        # viewpoints by frame fill in a FILL_WIDTH-pixel buffer (the visibility checks use them all)
+        # viewpoints by frame fill in a FILL_WIDTH-pixel buffer
         starts = np.cumsum([0] + [len(p) for p in points[:-1]])
         self.rank_points = np.ascontiguousarray(np.concatenate(
             [self.points[a:a + len(p)][::max(1, -(-len(p) // RANK_POINTS))] for a, p in zip(starts, points)]))
@@ -176,35 +178,6 @@ def _pixels(camera: dict, pc: np.ndarray, width: int) -> tuple[np.ndarray, np.nd
     return keep, pix[:, 1] * W + pix[:, 0], W, H, s
 
 
-def fast_view_estimates(camera: dict, splats: Splats) -> tuple[np.ndarray, np.ndarray]:
-    """``view_estimates``' (visible fraction, visible pixels) per instance, without its sorts.
-
-    The nearest depth per pixel comes from ``np.minimum.at``; the owner of a pixel is the lowest
-    instance index among the samples at that depth (the order a stable sort by (pixel, depth)
-    gives); distinct pixels per instance are counted in an (instances x pixels) table instead of
-    ``np.unique`` per instance. Same numbers as ``view_estimates``.
-    """
-    pc = splats.camera_points(camera)
-    keep, lin, W, H, s = _pixels(camera, pc, VISIBILITY_WIDTH)
-    zk, idk = pc[keep, 2], splats.ids[keep]
-    n, WH = splats.n, W * H
-    dmin = np.full(WH, np.inf)
-    np.minimum.at(dmin, lin, zk)
-    at_min = zk == dmin[lin]
-    owner = np.full(WH, n, dtype=np.int64)
-    np.minimum.at(owner, lin[at_min], idk[at_min])
-    tol = 0.002 * (np.median(zk) if len(zk) else 0.0)
-    visible = (owner[lin] == idk) | (zk <= dmin[lin] + tol)
-    cell = idk * WH + lin
-    amodal = np.zeros(n * WH, bool)
-    amodal[cell] = True
-    vis = np.zeros(n * WH, bool)
-    vis[cell[visible]] = True
-    a, v = amodal.reshape(n, WH).sum(axis=1), vis.reshape(n, WH).sum(axis=1)
-    frac = np.divide(v, a, out=np.zeros(n), where=a > 0)
-    return frac, np.where(a > 0, v / (s * s), 0.0)
-
-
 def fast_frame_fill(camera: dict, splats: Splats, exact: bool = False) -> float:
     """``frame_fill`` of the scene: on every sample with ``exact`` (the same number as
     ``frame_fill``), else on the ranking subset (``Splats.rank_points``), which is what camera
@@ -221,45 +194,6 @@ def fast_frame_fill(camera: dict, splats: Splats, exact: bool = False) -> float:
 
 
 FILL_WIDTH = 48  # pixels of the buffer the frame fill is estimated in (coarse: sparse splats fill it)
-
-
-def view_estimates(camera: dict, points: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-    """(visible fraction per instance, visible pixels per instance at the camera's resolution,
-    frame fill): estimates from splatted surface samples, for choosing views before rendering.
-
-    A splatted pixel belongs to the instance with the nearest sample there; another instance's
-    sample in the same pixel counts as visible only within 0.2 % of the depth (``visible_fractions``
-    allows 1 % for any sample, which lets an instance right behind another look visible).
-    """
-    w, h = int(camera["width"]), int(camera["height"])
-    s = VISIBILITY_WIDTH / w
-    K = np.asarray(camera["K"], dtype=np.float64).copy()
-    K[:2] *= s
-    W, H = VISIBILITY_WIDTH, max(1, int(round(h * s)))
-    ids = np.concatenate([np.full(len(p), i) for i, p in enumerate(points)])
-    uv, z = space.project_points(K, camera["world_to_cam"], np.concatenate(points))
-    keep = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
-    pix = np.floor(uv[keep]).astype(np.int64)
-    lin, zk, idk = pix[:, 1] * W + pix[:, 0], z[keep], ids[keep]
-    order = np.lexsort((zk, lin))  # by pixel, nearest first
-    first = np.ones(len(order), bool)
-    first[1:] = lin[order][1:] != lin[order][:-1]
-    owner = np.full(W * H, -1)
-    dmin = np.full(W * H, np.inf)
-    owner[lin[order][first]] = idk[order][first]
-    dmin[lin[order][first]] = zk[order][first]
-    tol = 0.002 * (np.median(zk) if len(zk) else 0.0)
-    visible = (owner[lin] == idk) | (zk <= dmin[lin] + tol)
-    n = len(points)
-    frac, px = np.zeros(n), np.zeros(n)
-    for i in range(n):
-        mine = idk == i
-        amodal = np.unique(lin[mine])
-        if len(amodal):
-            vis = np.unique(lin[mine & visible])
-            frac[i] = len(vis) / len(amodal)
-            px[i] = len(vis) / (s * s)
-    return frac, px, frame_fill(camera, points)
 
 
 def frame_fill(camera: dict, points: list[np.ndarray]) -> float:
@@ -283,26 +217,19 @@ def frame_fill(camera: dict, points: list[np.ndarray]) -> float:
 RASTER_WIDTH = 128  # pixels of the exact visibility check of a chosen view
 
 
-def raster_visibility(camera: dict, meshes_world: list[trimesh.Trimesh], width: int = RASTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+def raster_visibility(camera: dict, meshes_world: list[trimesh.Trimesh] | SceneRaster, width: int = RASTER_WIDTH) -> tuple[np.ndarray, np.ndarray]:
     """(visible pixels per instance at the camera's resolution, visible / amodal fraction), from an
     exact z-buffer of the meshes at ``width`` pixels (datagen.raster): splats of large, sparsely
-    sampled instances leak, so a chosen view is confirmed this way."""
-    from datagen.raster import rasterize
-
+    sampled instances leak, so views are checked this way. ``meshes_world`` may be a prepared
+    ``SceneRaster`` (camera choice checks many views of one scene)."""
+    scene = meshes_world if isinstance(meshes_world, SceneRaster) else SceneRaster(
+        [m.vertices for m in meshes_world], [m.faces for m in meshes_world])
     w, h = int(camera["width"]), int(camera["height"])
     s = min(1.0, width / w)
     K = np.asarray(camera["K"], dtype=np.float64).copy()
     K[:2] *= s
     W, H = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    depth = np.full((H, W), np.inf)
-    ids = np.zeros((H, W), np.int64)
-    amodal = np.zeros(len(meshes_world))
-    for i, m in enumerate(meshes_world, start=1):
-        mask, d = rasterize(K, camera["world_to_cam"], m.vertices, m.faces, W, H, with_depth=True)
-        amodal[i - 1] = mask.sum()
-        nearer = d < depth
-        depth[nearer], ids[nearer] = d[nearer], i
-    visible = np.bincount(ids.ravel(), minlength=len(meshes_world) + 1)[1:].astype(np.float64)
+    visible, amodal = scene.visibility(K, camera["world_to_cam"], W, H)
     return visible / (s * s), np.divide(visible, amodal, out=np.zeros_like(visible), where=amodal > 0)
 
 
@@ -337,19 +264,29 @@ def sample_cameras(
     rng: np.random.Generator,
     cfg: CameraConfig = CameraConfig(),
     points: list[np.ndarray] | None = None,
+    hull_points: np.ndarray | None = None,
 ) -> list[dict]:
     """``cfg.views_per_scene`` cameras framing every instance and hiding none (fewer if impossible).
 
-    ``points``: per-instance world surface samples for the visibility estimate (sampled from the
-    meshes when not given).
+    ``points``: per-instance world surface samples for ranking viewpoints by frame fill (sampled
+    from the meshes when not given). ``hull_points``: points whose convex hull contains every
+    instance (e.g. the instances' hull vertices; the surface samples' hull when not given), which
+    the camera frames.
+
+    Per view, each try draws ``cfg.candidates`` viewpoints, frames them (``_framed_camera``) and
+    checks them in order of frame fill (capped at the target; ties in draw order) with the exact
+    z-buffer (``raster_visibility``): the first that shows every instance with at least
+    ``min_instance_pixels`` and ``min_visible_fraction`` and matches the view's occlusion mode is
+    kept.
     """
     points = points if points is not None else [_mesh_points(m) for m in meshes_world]
     splats = Splats(points)
+    scene = SceneRaster([m.vertices for m in meshes_world], [m.faces for m in meshes_world])
     if cfg.fill is None:  # the scene's box, as before ``fill`` existed
         lo, hi = aabbs[:, 0].min(axis=0), aabbs[:, 1].max(axis=0)
         frame_pts = np.concatenate([np.where(np.array(b, bool), aabbs[:, 1], aabbs[:, 0]) for b in np.ndindex(2, 2, 2)])
     else:  # the surfaces themselves: a box's empty corners do not push the camera back
-        frame_pts = _hull_points(points)
+        frame_pts = _hull_points([hull_points] if hull_points is not None else points)
         lo, hi = frame_pts.min(axis=0), frame_pts.max(axis=0)
     centre = 0.5 * (lo + hi)
     cams: list[dict] = []
@@ -358,33 +295,42 @@ def sample_cameras(
         mode = cfg.occlusion if cfg.occlusion != "mixed" else ("heavy" if rng.uniform() < 1 / 3 else "any")
         elevation = (cfg.elevation_deg[0], min(cfg.elevation_deg[1], 35.0)) if mode == "heavy" else cfg.elevation_deg
         for _ in range(cfg.tries_per_view):
-            # best of a few random viewpoints by frame fill: an elongated scene seen along its long
-            # side fills a square image better than one seen end-on (and vice versa)
-            cands = []
+            # a few random viewpoints, best frame fill first: an elongated scene seen along its long
+            # side fills a square image better than one seen end-on (and vice versa). Viewpoints that
+            # reach the target fill rank equal, in draw order, so the first of them is checked as soon
+            # as it is framed; the others are framed (and ranked) only if it fails.
+            draws = []
             for _ in range(cfg.candidates if cfg.fill is not None else 1):
                 elev = np.radians(rng.uniform(*elevation))
                 azim = rng.uniform(0, 2 * np.pi)
                 fov = rng.uniform(*cfg.fov_deg)
-                direction = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
-                K = intrinsics(fov, cfg.width, cfg.height)
+                draws.append((np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]),
+                              intrinsics(fov, cfg.width, cfg.height)))
+            cam, short = None, []
+            for direction, K in draws:
                 framed = _framed_camera(K, direction, centre, frame_pts, splats, cfg)
-                if framed is not None:
-                    cands.append(framed)
-            if not cands:
-                continue
-            cam = max(cands, key=lambda c: c[0])[1]
-            frac, px = fast_view_estimates(cam, splats)
-            if np.min(frac) < cfg.min_visible_fraction or np.min(px) < cfg.min_instance_pixels:
-                continue
-            if meshes_world and meshes_world[0] is not None and (cfg.min_instance_pixels > 0 or mode != "any"):
-                vis_px, vis_frac = raster_visibility(cam, meshes_world)
-                if np.min(vis_px) < cfg.min_instance_pixels or np.min(vis_frac) < cfg.min_visible_fraction:
+                if framed is None:
                     continue
-                if not occlusion_ok(vis_frac, mode):
-                    continue
-            cams.append(cam)
-            break
+                if cfg.fill is not None and framed[0] < cfg.fill:
+                    short.append(framed)
+                elif _view_ok(framed[1], scene, cfg, mode):
+                    cam = framed[1]
+                    break
+            if cam is None:
+                short.sort(key=lambda c: -c[0])  # stable: ties keep the draw order
+                cam = next((c for _, c in short if _view_ok(c, scene, cfg, mode)), None)
+            if cam is not None:
+                cams.append(cam)
+                break
     return cams
+
+
+def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str) -> bool:
+    """Every instance shows enough of itself, and the view matches its occlusion mode."""
+    vis_px, vis_frac = raster_visibility(cam, scene)
+    if np.min(vis_px) < cfg.min_instance_pixels or np.min(vis_frac) < cfg.min_visible_fraction:
+        return False
+    return occlusion_ok(vis_frac, mode)
 
 
 def _framed_camera(K, direction, centre, frame_pts, splats: Splats, cfg: CameraConfig) -> tuple[float, dict] | None:
@@ -416,5 +362,4 @@ def _framed_camera(K, direction, centre, frame_pts, splats: Splats, cfg: CameraC
     f = fast_frame_fill(cam, splats)
     if f > cfg.fill * 1.05:  # fill ~ 1 / distance^2: back off to about ``fill``
         cam = camera(target, d * float(np.sqrt(f / cfg.fill)))
-        f = cfg.fill
-    return f, cam
+    return min(f, cfg.fill), cam

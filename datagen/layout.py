@@ -100,6 +100,7 @@ class AssetLibrary:
         self._sized: OrderedDict[tuple[str, int, float], physics.SizedAsset] = OrderedDict()  # LRU
         self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._posed_extras: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._bounds: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # unit-size bounding polytopes
         self._usable: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # uid -> (pose indices, probabilities)
         self.exclusions: dict[str, str] = {}
 
@@ -203,8 +204,10 @@ class AssetLibrary:
             self._sized.move_to_end(key)
         else:
             samples, com, hull = self.posed_extras(uid, pose)
+            if (uid, int(pose)) not in self._bounds:
+                self._bounds[(uid, int(pose))] = physics.bounding_polytope(hull)
             self._sized[key] = physics.make_sized_asset(uid, self.posed(uid, pose)[0], float(size), pose=int(pose),
-                                                        unit_extras=(samples, com, hull))
+                                                        unit_extras=(samples, com, hull), unit_bound=self._bounds[(uid, int(pose))])
             if len(self._sized) > self.MAX_SIZED:  # BVHs of big meshes: bound the memory of long runs
                 self._sized.popitem(last=False)
         return self._sized[key]
@@ -223,8 +226,13 @@ class Placed:
     rot: np.ndarray  # (3, 3) world rotation of the posed frame (a yaw until settling tips it)
     t: np.ndarray
     support: int  # 0 = floor, else 1-based index
-    obj: fcl.CollisionObject = field(repr=False)
+    shapes: physics.Posed = field(repr=False)  # hull and (built when first needed) exact fcl objects
     aabb: np.ndarray = field(repr=False)  # (2, 3)
+
+    @property
+    def obj(self) -> fcl.CollisionObject:
+        """The exact (BVH) collision object."""
+        return self.shapes.exact
 
     def world(self, local: np.ndarray) -> np.ndarray:
         return local @ self.rot.T + self.t
@@ -237,16 +245,19 @@ def _place(record, asset: physics.SizedAsset, rotation, t: np.ndarray, support: 
     """``rotation``: a yaw (radians) or a 3x3 matrix."""
     rot = physics.rotz(rotation) if np.ndim(rotation) == 0 else np.asarray(rotation, dtype=np.float64)
     v = asset.mesh.vertices @ rot.T + t
-    return Placed(record, asset, rot, np.asarray(t, float), support, physics.fcl_object(asset, rot, t),
+    return Placed(record, asset, rot, np.asarray(t, float), support, physics.posed(asset, rot, t),
                   np.stack([v.min(axis=0), v.max(axis=0)]))
 
 
 def _clear_of_others(new: Placed, placed: list[Placed], skip: int | None) -> bool:
-    """Broad phase on boxes, then exact fcl distance: >= MIN_CLEARANCE_PAIR from all but ``skip``."""
+    """Broad phase on boxes, then the convex hulls, then exact fcl distance: >= MIN_CLEARANCE_PAIR
+    from all but ``skip``."""
     for k, other in enumerate(placed, start=1):
         if k == skip:
             continue
         if np.any(new.aabb[0] > other.aabb[1] + MIN_CLEARANCE_PAIR) or np.any(other.aabb[0] > new.aabb[1] + MIN_CLEARANCE_PAIR):
+            continue
+        if physics.clear_by_hulls(new.shapes, other.shapes, MIN_CLEARANCE_PAIR):
             continue
         if physics.distance(new.obj, other.obj) < MIN_CLEARANCE_PAIR:
             return False
@@ -457,7 +468,7 @@ def settle_placed(lib: AssetLibrary, placed: list[Placed], relations: list[dict]
     ``support`` is what each instance rests on after settling; ``on_top_of`` follows it, and a
     beside relation is kept only where it still holds on the settled boxes.
     """
-    bodies = [Body((p.record.uid, p.asset.pose, p.asset.size), p.asset.mesh, p.asset.com, p.asset.bvh,
+    bodies = [Body((p.record.uid, p.asset.pose, p.asset.size), p.asset.mesh, p.asset.com, p.asset.shapes,
                    p.rot, p.t, p.support, p.asset.size, p.asset.hull) for p in placed]
     res = settle_scene(bodies, cfg)
     out = [_place(p.record, p.asset, r, t, sup) for p, r, t, sup in zip(placed, res.rot, res.t, res.support)]
@@ -499,7 +510,8 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
                 continue
         meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
         aabbs = np.stack([p.aabb for p in s.placed])
-        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world(p.asset.samples) for p in s.placed])
+        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world(p.asset.samples) for p in s.placed],
+                                 hull_points=np.concatenate([p.world(p.asset.hull) for p in s.placed]))
         if len(cameras) < cfg.views_per_scene:
             reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")
             continue

@@ -4,6 +4,15 @@ BVHs are built once per (asset, size level) and moved by rigid transforms (fcl d
 geometry, so sizes are a fixed set of levels per asset; see ``layout.SIZE_LEVELS``). Queries:
 ``collide`` (first contact only, microseconds) for the drop search and ``distance`` for the
 "no touching" and "within 5 mm of its support" rules.
+
+A BVH of a real asset costs ~8 us per triangle to build (1 s for an 84k-triangle mesh), and most
+pairs a scene checks are far apart. So each shape's BVH is built only when a query needs it
+(``Shapes``), and ``clear_by_hulls`` answers "at least this far apart" first from convex
+solids that contain the meshes (GJK, microseconds): solids that far apart prove it for the meshes;
+only pairs whose solids come closer go to the exact BVH distance. The solid is a bounding
+polytope of ``BOUND_DIRECTIONS`` face normals rather than the exact hull: a dense convex asset's
+hull has 15k vertices (0.4 s to build per size); the polytope has a few hundred, and it scales
+with the asset, so it is computed once per resting pose.
 """
 
 from __future__ import annotations
@@ -20,6 +29,97 @@ CONTACT_BAND = 0.005  # points this close above the support form the contact reg
 STABILITY_MARGIN = 0.002  # metres the centre of mass must lie inside the contact hull
 
 
+HULL_MARGIN = 1e-4  # metres added to a hull-distance bound: GJK's distance converges from above
+
+
+BOUND_DIRECTIONS = 64
+
+
+def _fibonacci_directions(n: int) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere, plus the 6 axis directions (so the
+    polytope is never looser than the axis-aligned box)."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    r = np.sqrt(1.0 - z * z)
+    phi = np.pi * (1.0 + 5 ** 0.5) * k
+    return np.concatenate([np.column_stack([r * np.cos(phi), r * np.sin(phi), z]), np.eye(3), -np.eye(3)])
+
+
+def bounding_polytope(points: np.ndarray, n_directions: int = BOUND_DIRECTIONS) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, triangles) of the convex polytope {x : d.x <= max_p d.p} over fixed directions d:
+    it contains ``points`` (every half-space does), and scaling the points scales it."""
+    from scipy.spatial import HalfspaceIntersection
+
+    p = np.asarray(points, dtype=np.float64)
+    dirs = _fibonacci_directions(n_directions)
+    offsets = (p @ dirs.T).max(axis=0)
+    # padding each half-space a hair keeps a volume (and the mean strictly inside) for flat assets
+    pad = 1e-9 + 1e-6 * float(np.max(np.ptp(p, axis=0)))
+    verts = HalfspaceIntersection(np.column_stack([dirs, -(offsets + pad)]), p.mean(axis=0)).intersections
+    hull = ConvexHull(verts)
+    keep = hull.vertices
+    index = np.full(len(verts), -1, dtype=np.int64)
+    index[keep] = np.arange(len(keep))
+    return verts[keep], index[hull.simplices]
+
+
+class Shapes:
+    """Collision shapes of one mesh at one size: the exact BVH and a bounding convex solid, each
+    built on first use and kept (a cache entry that is never checked up close never pays for a BVH).
+
+    ``bound``: (vertices, triangles) of a convex polytope containing the mesh (``bounding_polytope``
+    of the mesh's vertices when not given).
+    """
+
+    def __init__(self, mesh: trimesh.Trimesh, bound: tuple[np.ndarray, np.ndarray] | None = None):
+        self.mesh = mesh
+        self.bound = bound
+        self._bvh: fcl.BVHModel | None = None
+        self._convex: fcl.Convex | None = None
+
+    @property
+    def bvh(self) -> fcl.BVHModel:
+        if self._bvh is None:
+            self._bvh = build_bvh(self.mesh)
+        return self._bvh
+
+    @property
+    def convex(self) -> fcl.Convex:
+        if self._convex is None:
+            verts, tris = self.bound if self.bound is not None else bounding_polytope(self.mesh.vertices)
+            faces = np.column_stack([np.full(len(tris), 3), tris]).ravel()
+            # fcl's solid convex shape: distance < 0 when anything overlaps
+            self._convex = fcl.Convex(np.ascontiguousarray(verts, dtype=np.float64), len(tris), faces)
+        return self._convex
+
+
+class Posed:
+    """A ``Shapes`` at a rigid pose: the fcl objects of the hull and (on first use) the BVH."""
+
+    def __init__(self, shapes: Shapes, rot: np.ndarray, t: np.ndarray):
+        self.shapes, self.tf = shapes, fcl.Transform(np.asarray(rot, dtype=np.float64), np.asarray(t, dtype=np.float64))
+        self._exact: fcl.CollisionObject | None = None
+        self._hull: fcl.CollisionObject | None = None
+
+    @property
+    def exact(self) -> fcl.CollisionObject:
+        if self._exact is None:
+            self._exact = fcl.CollisionObject(self.shapes.bvh, self.tf)
+        return self._exact
+
+    @property
+    def hull(self) -> fcl.CollisionObject:
+        if self._hull is None:
+            self._hull = fcl.CollisionObject(self.shapes.convex, self.tf)
+        return self._hull
+
+
+def clear_by_hulls(a: Posed, b: Posed, clearance: float) -> bool:
+    """True when the bounding solids alone prove the meshes at least ``clearance`` apart (False:
+    look closer)."""
+    return distance(a.hull, b.hull) >= clearance + HULL_MARGIN
+
+
 @dataclass
 class SizedAsset:
     """One asset in one resting pose at one size level: its posed mesh scaled, BVH, surface samples,
@@ -28,7 +128,7 @@ class SizedAsset:
     uid: str
     size: float
     mesh: trimesh.Trimesh  # posed frame scaled to ``size`` (z up, min z = 0, centred x/y)
-    bvh: fcl.BVHModel = field(repr=False)
+    shapes: Shapes = field(repr=False)
     samples: np.ndarray = field(repr=False)  # (S, 3) surface points incl. vertices
     com: np.ndarray = field(repr=False)  # centre of mass (volume if watertight, else surface)
     pose: int = 0  # index into the asset's stable poses
@@ -44,11 +144,13 @@ def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
 
 
 def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_samples: int = 3000, seed: int = 0,
-                     pose: int = 0, unit_extras: tuple | None = None) -> SizedAsset:
+                     pose: int = 0, unit_extras: tuple | None = None,
+                     unit_bound: tuple[np.ndarray, np.ndarray] | None = None) -> SizedAsset:
     """``canonical``: the asset at unit size in the frame it will rest in (a posed canonical mesh).
 
-    ``unit_extras``: (samples, centre of mass, hull vertices) already computed at unit size; they
-    scale with the mesh, so a cache can reuse them for every size.
+    ``unit_extras``: (samples, centre of mass, hull vertices) and ``unit_bound``: the
+    ``bounding_polytope`` of the hull, already computed at unit size; they scale with the mesh, so
+    a cache can reuse them for every size.
     """
     mesh = canonical.copy()
     mesh.apply_scale(size)
@@ -57,7 +159,8 @@ def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_sample
         hull = np.asarray(mesh.convex_hull.vertices)
     else:
         samples, com, hull = (np.asarray(x, dtype=np.float64) * size for x in unit_extras)
-    return SizedAsset(uid, size, mesh, build_bvh(mesh), samples, com, pose, hull)
+    verts, tris = bounding_polytope(hull) if unit_bound is None else (unit_bound[0] * size, unit_bound[1])
+    return SizedAsset(uid, size, mesh, Shapes(mesh, (verts, tris)), samples, com, pose, hull)
 
 
 def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +171,14 @@ def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0)
 
 
 def fcl_object(asset: SizedAsset, rotation, translation: np.ndarray) -> fcl.CollisionObject:
+    """The exact (BVH) object; ``rotation``: a yaw angle (radians about +Z) or a 3x3 rotation matrix."""
+    return posed(asset, rotation, translation).exact
+
+
+def posed(asset: SizedAsset, rotation, translation: np.ndarray) -> Posed:
     """``rotation``: a yaw angle (radians about +Z) or a 3x3 rotation matrix."""
     rot = rotz(rotation) if np.ndim(rotation) == 0 else np.asarray(rotation, dtype=np.float64)
-    return fcl.CollisionObject(asset.bvh, fcl.Transform(rot, np.asarray(translation, dtype=np.float64)))
+    return Posed(asset.shapes, rot, translation)
 
 
 def rotz(yaw: float) -> np.ndarray:

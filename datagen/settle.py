@@ -62,7 +62,7 @@ class Body:
     key: tuple  # shapes are cached per key: (uid, pose, size)
     mesh: trimesh.Trimesh  # local frame (world = rot @ v + t)
     com: np.ndarray  # centre of mass, local frame
-    bvh: fcl.BVHModel = field(repr=False)
+    shapes: physics.Shapes = field(repr=False)  # exact BVH and hull solid, built when first needed
     rot: np.ndarray = field(default_factory=lambda: np.eye(3))
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
     support: int = 0  # 0 = floor, else the 1-based index of an earlier body
@@ -266,7 +266,7 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
     world = _world()
     world.configure(cfg)
     out = Settled([], [], [], [], [], [], [])
-    objs: list[fcl.CollisionObject] = []
+    objs: list[physics.Posed] = []
     settled: list[Body] = []
     for i, body in enumerate(bodies, start=1):
         support = settled[body.support - 1] if body.support else None
@@ -274,9 +274,9 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
         com0, com1 = body.rot @ body.com + body.t, rot @ body.com + t
         angle = float(np.degrees(np.arccos(np.clip((np.trace(rot @ body.rot.T) - 1) / 2, -1, 1))))
         v = body.mesh.vertices @ rot.T + t
-        sup_obj = objs[body.support - 1] if body.support else None
-        dz = _contact_shift(lambda d: fcl.CollisionObject(body.bvh, fcl.Transform(rot, t + [0.0, 0.0, d])), sup_obj, v,
-                            cfg.max_snap)
+        sup_obj = objs[body.support - 1].exact if body.support else None
+        dz = _contact_shift(lambda d: fcl.CollisionObject(body.shapes.bvh, fcl.Transform(rot, t + [0.0, 0.0, d])), sup_obj,
+                            v, cfg.max_snap)
         if dz is None:
             raise SettleError(f"instance {i}: its mesh is more than {cfg.max_snap * 1000:.0f} mm from where its hull came to rest")
         t = t + np.array([0.0, 0.0, dz + cfg.rest_gap])
@@ -286,12 +286,16 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
             raise SettleError(f"instance {i} moved {moved * 1000:.1f} mm while settling (tolerance {limit * 1000:.1f} mm)")
         if angle > cfg.max_rotation_deg:
             raise SettleError(f"instance {i} tipped {angle:.1f} deg while settling (tolerance {cfg.max_rotation_deg:.0f} deg)")
-        obj = fcl.CollisionObject(body.bvh, fcl.Transform(rot, t))
-        # what it rests on now, measured on the full meshes: exactly one thing within 5 mm
+        obj = physics.Posed(body.shapes, rot, t)
+        # what it rests on now, measured on the full meshes: exactly one thing within 5 mm (pairs
+        # whose hulls are farther apart than both limits are neither touching nor too close)
         low = float((body.mesh.vertices @ rot.T + t)[:, 2].min())
         touching = [0] if low <= physics.SUPPORT_GAP_MAX else []
+        far = max(physics.SUPPORT_GAP_MAX, cfg.min_clearance)
         for j, other in enumerate(objs, start=1):
-            d = physics.distance(obj, other)
+            if j != body.support and physics.clear_by_hulls(obj, other, far):
+                continue
+            d = physics.distance(obj.exact, other.exact)
             if d <= physics.SUPPORT_GAP_MAX:
                 touching.append(j)
             elif d < cfg.min_clearance and j != body.support:
@@ -299,7 +303,7 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
         if touching != [body.support]:
             raise SettleError(f"instance {i} rests on {touching or 'nothing'} after settling, not on {body.support}")
         objs.append(obj)
-        settled.append(Body(body.key, body.mesh, body.com, body.bvh, rot, t, body.support, body.size, body.hull))
+        settled.append(Body(body.key, body.mesh, body.com, body.shapes, rot, t, body.support, body.size, body.hull))
         out.rot.append(rot)
         out.t.append(t)
         out.support.append(touching[0])

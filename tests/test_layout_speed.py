@@ -1,6 +1,6 @@
 """The faster camera-choice pieces compute the same numbers as the straightforward ones they replace
-(issue 14): splat estimates on a per-scene point set, the written-out look-at, and seeded camera
-choice that does not depend on anything but its inputs."""
+(issue 14): the scene z-buffer against per-mesh rasters, the frame fill on a per-scene point set,
+the written-out look-at, and seeded camera choice that does not depend on anything but its inputs."""
 
 from __future__ import annotations
 
@@ -32,20 +32,32 @@ def _random_camera(rng: np.random.Generator, width: int = 256) -> dict:
             "width": width, "height": width}
 
 
-def test_fast_estimates_equal_the_straightforward_ones():
+def test_scene_zbuffer_equals_per_mesh_rasters_and_frame_fill_is_bit_identical():
+    from datagen.raster import SceneRaster, rasterize
+
     meshes, points = _scene()
     splats = C.Splats(points)
+    scene = SceneRaster([m.vertices for m in meshes], [m.faces for m in meshes])
     rng = np.random.default_rng(1)
     occluded = 0
     for _ in range(25):
-        cam = _random_camera(rng)
-        frac, px, fill = C.view_estimates(cam, points)
-        f2, p2 = C.fast_view_estimates(cam, splats)
-        assert np.array_equal(frac, f2) and np.array_equal(px, p2)
+        cam = _random_camera(rng, width=128)
+        # the straightforward check: each mesh alone, then the nearest one per pixel (ties: lower index)
+        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_cam"])
+        depth, ids, amodal = np.full((128, 128), np.inf), np.full((128, 128), -1), []
+        for i, m in enumerate(meshes):
+            mask, d = rasterize(K, w2c, m.vertices, m.faces, 128, 128, with_depth=True)
+            amodal.append(mask.sum())
+            ids[d < depth], depth = i, np.minimum(depth, d)
+        visible = np.bincount(ids[ids >= 0], minlength=len(meshes))
+        px, frac = C.raster_visibility(cam, scene)
+        assert np.array_equal(px, visible) and np.array_equal(frac, visible / np.maximum(amodal, 1))
+        assert np.array_equal(C.raster_visibility(cam, meshes)[0], px)
+        fill = C.frame_fill(cam, points)
         assert C.fast_frame_fill(cam, splats, exact=True) == fill
         assert abs(C.fast_frame_fill(cam, splats) - fill) < 0.1  # the ranking subset: close, not equal
         occluded += bool(frac.min() < 0.9)
-    assert occluded >= 3  # the cameras exercised the owner / depth-tolerance logic, not only free views
+    assert occluded >= 3  # the cameras exercised the depth test, not only free views
 
 
 def test_ranking_subset_is_bounded_per_instance_and_keeps_small_instances_whole():

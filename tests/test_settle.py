@@ -32,7 +32,7 @@ def shared_records(shared_assets, tmp_path_factory):
 def _box_body(rot: np.ndarray, lift: float, size: float = 0.2) -> Body:
     mesh = trimesh.creation.box((size, size, size))
     mesh.apply_translation([0, 0, size / 2])
-    return Body(("box", size), mesh, np.array([0.0, 0.0, size / 2]), physics.build_bvh(mesh), rot,
+    return Body(("box", size), mesh, np.array([0.0, 0.0, size / 2]), physics.Shapes(mesh), rot,
                 np.array([0.0, 0.0, lift]), 0, size)
 
 
