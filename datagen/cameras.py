@@ -17,7 +17,9 @@ samples (cheap, and only a ranking).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+import numba
 import numpy as np
 import trimesh
 
@@ -50,36 +52,38 @@ def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def _inside_frame(K, w2c, points, width, height, margin) -> bool:
-    uv, z = space.project_points(K, w2c, points)
-    if np.any(z <= 1e-3):
-        return False
-    mx, my = margin * width, margin * height
-    return bool(np.all((uv[:, 0] >= mx) & (uv[:, 0] <= width - mx) & (uv[:, 1] >= my) & (uv[:, 1] <= height - my)))
+def look_at_rotations(directions: np.ndarray) -> np.ndarray:
+    """(C, 3, 3) world-to-camera rotations of cameras looking along ``-directions`` (unit, from the
+    target to the eye) with +Z up: ``space.look_at_world_to_cam``'s axes for a batch of viewpoints."""
+    fwd = -np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    return np.stack([right, np.cross(fwd, right), fwd], axis=1)
 
 
-def fit_distance(K, direction, target, corners, width, height, margin) -> float | None:
-    """Smallest camera distance along ``direction`` (unit, from target to eye) framing ``corners``.
+def fit_distances(Ks: np.ndarray, rotations: np.ndarray, targets: np.ndarray, points: np.ndarray, width: int,
+                  height: int, margin: float) -> np.ndarray:
+    """Per camera c, the smallest distance from ``targets[c]`` along its viewing axis that frames
+    ``points`` (NaN where none does). Cameras are batched: (C, 3, 3) intrinsics and rotations.
 
     Closed form: the camera's rotation does not depend on its distance d, so a point at camera
     coordinates (X, Y, Z) at d = 0 is at (X, Y, Z + d), and staying inside the frame with the margin
     is a lower bound on Z + d per point and axis. (Bounded to [1.01, 50] x the points' radius.)
     """
-    K = np.asarray(K, dtype=np.float64)
-    corners = np.asarray(corners, dtype=np.float64)
-    radius = float(np.max(np.linalg.norm(corners - target, axis=1)))
-    w2c = np.asarray(space.look_at_world_to_cam(target + radius * direction, target), dtype=np.float64)
-    p = (corners - target) @ w2c[:3, :3].T  # camera axes, origin at the target
-    need = [np.full(len(p), 1e-3 - p[:, 2] + 1e-9)]
+    rel = np.asarray(points, dtype=np.float64)[None] - targets[:, None]  # (C, P, 3)
+    radius = np.sqrt(np.max(np.sum(rel * rel, axis=2), axis=1))
+    p = rel @ rotations.transpose(0, 2, 1)  # camera axes, origin at the target
+    need = np.max(1e-3 - p[..., 2] + 1e-9, axis=1)
+    ok = np.ones(len(targets), dtype=bool)
     for axis, size, m in ((0, width, margin * width), (1, height, margin * height)):
-        f, c = K[axis, axis], K[axis, 2]
+        f, c = Ks[:, axis, axis], Ks[:, axis, 2]
         lo, hi = (m - c) / f, (size - m - c) / f  # allowed range of X / (Z + d)
-        if lo >= 0 or hi <= 0:
-            return None
-        x = p[:, axis]
-        need.append(np.where(x >= 0, x / hi, x / lo) - p[:, 2])
-    d = max(float(np.max(np.concatenate(need))), radius * 1.01)
-    return d * (1 + 1e-9) if d <= radius * 50.0 else None
+        ok &= (lo < 0) & (hi > 0)
+        x = p[..., axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.maximum(need, np.max(np.where(x >= 0, x / hi[:, None], x / lo[:, None]) - p[..., 2], axis=1))
+    d = np.maximum(need, radius * 1.01)
+    return np.where(ok & (d <= radius * 50.0), d * (1 + 1e-9), np.nan)
 
 
 def _mesh_points(mesh: trimesh.Trimesh, n: int = SAMPLES_PER_MESH) -> np.ndarray:
@@ -129,68 +133,44 @@ def visible_fractions(
 RANK_POINTS = 1500  # samples per instance for ranking candidate viewpoints by frame fill
 
 
-class Splats:
-    """Per-instance surface samples of one scene, concatenated once.
-
-    Camera choice projects the same points for every candidate viewpoint; concatenating the
-    per-instance arrays (tens of thousands of points with real meshes' vertices) once per scene
-    instead of once per candidate is what this saves. The arithmetic of a projection is the same as
-    ``space.project_points`` on the concatenated points, so ``fast_frame_fill(exact=True)`` is
-    bit-for-bit ``frame_fill`` on the list.
-    """
-
-    def __init__(self, points: list[np.ndarray]):
-        if len(points) == 0:
-            raise ValueError("Splats needs the surface samples of at least one instance")
-        self.n = len(points)
-        self.points = np.ascontiguousarray(np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in points]))
-        # every k-th sample of each instance, at most RANK_POINTS of them: enough to rank candidate
-        # viewpoints by frame fill in a FILL_WIDTH-pixel buffer
-        starts = np.cumsum([0] + [len(p) for p in points[:-1]])
-        self.rank_points = np.ascontiguousarray(np.concatenate(
-            [self.points[a:a + len(p)][::max(1, -(-len(p) // RANK_POINTS))] for a, p in zip(starts, points)]))
-
-    def rank_camera_points(self, camera: dict) -> np.ndarray:
-        """The ranking subset in camera coordinates."""
-        m = np.asarray(camera["world_to_cam"], dtype=np.float64)
-        return self.rank_points @ m[:3, :3].T + m[:3, 3]
-
-    def camera_points(self, camera: dict) -> np.ndarray:
-        """Points in camera coordinates (``space.transform_points``' arithmetic)."""
-        m = np.asarray(camera["world_to_cam"], dtype=np.float64)
-        return self.points @ m[:3, :3].T + m[:3, 3]
+def rank_points(points: list[np.ndarray]) -> np.ndarray:
+    """Every k-th surface sample of each instance, at most RANK_POINTS of them: enough to rank
+    candidate viewpoints by frame fill in a FILL_WIDTH-pixel buffer."""
+    if len(points) == 0:
+        raise ValueError("rank_points needs the surface samples of at least one instance")
+    return np.ascontiguousarray(np.concatenate(
+        [np.asarray(p, dtype=np.float64).reshape(-1, 3)[::max(1, -(-len(p) // RANK_POINTS))] for p in points]))
 
 
-def _pixels(camera: dict, pc: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, int, int, float]:
-    """(in-frame mask, linear pixel index of the in-frame points, W, H, scale) of camera-space points
-    splatted into a ``width``-pixel buffer (``space.project_points``' arithmetic)."""
-    w, h = int(camera["width"]), int(camera["height"])
-    s = width / w
-    K = np.asarray(camera["K"], dtype=np.float64).copy()
-    K[:2] *= s
-    W, H = width, max(1, int(round(h * s)))
-    z = pc[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uvw = pc @ K.T
-        uv = uvw[:, :2] / uvw[:, 2:3]
-    keep = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
-    pix = np.floor(uv[keep]).astype(np.int64)
-    return keep, pix[:, 1] * W + pix[:, 0], W, H, s
+@numba.njit(cache=True, nogil=True)
+def _splat_cover(points, eyes, rotations, Ks, s, cover):  # pragma: no cover - compiled
+    """Marks ``cover[c]`` (H, W) where camera c sees a point (intrinsics scaled by ``s``)."""
+    H, W = cover.shape[1], cover.shape[2]
+    for c in range(eyes.shape[0]):
+        R = rotations[c]
+        for i in range(points.shape[0]):
+            x, y, z = points[i, 0] - eyes[c, 0], points[i, 1] - eyes[c, 1], points[i, 2] - eyes[c, 2]
+            Z = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z
+            if not Z > 1e-6:
+                continue
+            u = (Ks[c, 0, 0] * (R[0, 0] * x + R[0, 1] * y + R[0, 2] * z) / Z + Ks[c, 0, 2]) * s
+            v = (Ks[c, 1, 1] * (R[1, 0] * x + R[1, 1] * y + R[1, 2] * z) / Z + Ks[c, 1, 2]) * s
+            if u >= 0 and u < W and v >= 0 and v < H:
+                cover[c, int(v), int(u)] = True
 
 
-def fast_frame_fill(camera: dict, splats: Splats, exact: bool = False) -> float:
-    """``frame_fill`` of the scene: on every sample with ``exact`` (the same number as
-    ``frame_fill``), else on the ranking subset (``Splats.rank_points``), which is what camera
-    choice uses to rank candidate viewpoints and to back off to the target fill."""
+def frame_fills(Ks: np.ndarray, rotations: np.ndarray, eyes: np.ndarray, points: np.ndarray, width: int,
+                height: int) -> np.ndarray:
+    """``frame_fill`` of a batch of cameras (intrinsics at ``width`` x ``height``; rotation and eye
+    per camera) on the same points, in one compiled pass: what camera choice ranks candidates by."""
     from scipy import ndimage
 
-    pc = splats.camera_points(camera) if exact else splats.rank_camera_points(camera)
-    keep, lin, W, H, _ = _pixels(camera, pc, FILL_WIDTH)
-    cov = np.zeros(W * H, bool)
-    cov[lin] = True
-    cov = cov.reshape(H, W)
-    cov = ndimage.binary_closing(cov, structure=np.ones((3, 3), bool), border_value=0) | cov
-    return float(cov.mean())
+    s = FILL_WIDTH / width
+    cover = np.zeros((len(eyes), max(1, int(round(height * s))), FILL_WIDTH), dtype=bool)
+    _splat_cover(np.ascontiguousarray(points, dtype=np.float64), np.ascontiguousarray(eyes, dtype=np.float64),
+                 np.ascontiguousarray(rotations, dtype=np.float64), np.ascontiguousarray(Ks, dtype=np.float64), float(s), cover)
+    cover = ndimage.binary_closing(cover, structure=np.ones((1, 3, 3), bool), border_value=0) | cover
+    return cover.mean(axis=(1, 2))
 
 
 FILL_WIDTH = 48  # pixels of the buffer the frame fill is estimated in (coarse: sparse splats fill it)
@@ -236,6 +216,7 @@ def raster_visibility(camera: dict, meshes_world: list[trimesh.Trimesh] | SceneR
 OCCLUSION = ("none", "mixed", "heavy")
 HEAVY_VISIBLE = 0.6  # "heavy": some instance shows at most this fraction of itself
 NONE_VISIBLE = 0.9  # "none": every instance shows at least this fraction
+HEAVY_AZIMUTH_SPREAD = np.radians(30.0)  # "heavy" viewpoints: azimuth around a line through two instances
 
 
 def occlusion_ok(fractions: np.ndarray, mode: str) -> bool:
@@ -280,7 +261,7 @@ def sample_cameras(
     kept.
     """
     points = points if points is not None else [_mesh_points(m) for m in meshes_world]
-    splats = Splats(points)
+    ranking = rank_points(points)
     scene = SceneRaster([m.vertices for m in meshes_world], [m.faces for m in meshes_world])
     if cfg.fill is None:  # the scene's box, as before ``fill`` existed
         lo, hi = aabbs[:, 0].min(axis=0), aabbs[:, 1].max(axis=0)
@@ -289,26 +270,32 @@ def sample_cameras(
         frame_pts = _hull_points([hull_points] if hull_points is not None else points)
         lo, hi = frame_pts.min(axis=0), frame_pts.max(axis=0)
     centre = 0.5 * (lo + hi)
+    centres = 0.5 * (aabbs[:, 0] + aabbs[:, 1])
     cams: list[dict] = []
     for _ in range(cfg.views_per_scene):
         # per view: "mixed" draws heavy occlusion for a third of the views, any for the rest
         mode = cfg.occlusion if cfg.occlusion != "mixed" else ("heavy" if rng.uniform() < 1 / 3 else "any")
         elevation = (cfg.elevation_deg[0], min(cfg.elevation_deg[1], 35.0)) if mode == "heavy" else cfg.elevation_deg
         for _ in range(cfg.tries_per_view):
-            # a few random viewpoints, best frame fill first: an elongated scene seen along its long
-            # side fills a square image better than one seen end-on (and vice versa). Viewpoints that
-            # reach the target fill rank equal, in draw order, so the first of them is checked as soon
-            # as it is framed; the others are framed (and ranked) only if it fails.
-            draws = []
-            for _ in range(cfg.candidates if cfg.fill is not None else 1):
+            # a few random viewpoints (framed together), best frame fill first: an elongated scene
+            # seen along its long side fills a square image better than one seen end-on (and vice
+            # versa). Viewpoints that reach the target fill rank equal, in draw order.
+            n = cfg.candidates if cfg.fill is not None else 1
+            directions, Ks = np.zeros((n, 3)), np.zeros((n, 3, 3))
+            for k in range(n):
                 elev = np.radians(rng.uniform(*elevation))
                 azim = rng.uniform(0, 2 * np.pi)
+                if mode == "heavy" and len(aabbs) > 1:
+                    # look along a random pair of instances, the nearer one in front: random
+                    # viewpoints rarely line instances up (17 checks per accepted heavy view)
+                    i, j = rng.choice(len(aabbs), 2, replace=False)
+                    behind_to_front = centres[j, :2] - centres[i, :2]
+                    azim = float(np.arctan2(behind_to_front[1], behind_to_front[0])) + rng.normal(0.0, HEAVY_AZIMUTH_SPREAD)
                 fov = rng.uniform(*cfg.fov_deg)
-                draws.append((np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]),
-                              intrinsics(fov, cfg.width, cfg.height)))
+                directions[k] = [np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]
+                Ks[k] = intrinsics(fov, cfg.width, cfg.height)
             cam, short = None, []
-            for direction, K in draws:
-                framed = _framed_camera(K, direction, centre, frame_pts, splats, cfg)
+            for framed in _frame_candidates(Ks, directions, centre, frame_pts, ranking, cfg):
                 if framed is None:
                     continue
                 if cfg.fill is not None and framed[0] < cfg.fill:
@@ -333,33 +320,40 @@ def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str) -> boo
     return occlusion_ok(vis_frac, mode)
 
 
-def _framed_camera(K, direction, centre, frame_pts, splats: Splats, cfg: CameraConfig) -> tuple[float, dict] | None:
-    """(estimated frame fill, camera) along ``direction`` framing ``frame_pts``; with ``cfg.fill``,
-    aimed at the centre of their projection (perspective puts the 3-D centre off-centre) and backed
-    off to about ``fill``."""
-    target = np.asarray(centre, dtype=np.float64)
-
-    def camera(t, dist: float) -> dict:
-        return {"K": K.tolist(), "world_to_cam": space.look_at_world_to_cam(t + dist * direction, t).tolist(),
-                "width": cfg.width, "height": cfg.height}
-
-    d = fit_distance(K, direction, target, frame_pts, cfg.width, cfg.height, cfg.frame_margin)
-    if d is None:
-        return None
-    if cfg.fill is None:
-        return 0.0, camera(target, d)
-    for _ in range(2):  # re-aim at the projected box's centre, then fit again
-        w2c = space.look_at_world_to_cam(target + d * direction, target)
-        uv, _ = space.project_points(K, w2c, frame_pts)
-        off = 0.5 * (uv.min(axis=0) + uv.max(axis=0)) - np.array([cfg.width / 2.0, cfg.height / 2.0])
-        r = np.linalg.inv(np.asarray(w2c)[:3, :3])  # camera axes (x right, y down) in world
-        new = target + d * (off[0] / K[0, 0] * r[:, 0] + off[1] / K[1, 1] * r[:, 1])
-        d_new = fit_distance(K, direction, new, frame_pts, cfg.width, cfg.height, cfg.frame_margin)
-        if d_new is None:
-            break
-        target, d = new, d_new
-    cam = camera(target, d)
-    f = fast_frame_fill(cam, splats)
-    if f > cfg.fill * 1.05:  # fill ~ 1 / distance^2: back off to about ``fill``
-        cam = camera(target, d * float(np.sqrt(f / cfg.fill)))
-    return min(f, cfg.fill), cam
+def _frame_candidates(Ks: np.ndarray, directions: np.ndarray, centre: np.ndarray, frame_pts: np.ndarray,
+                      ranking: np.ndarray, cfg: CameraConfig) -> list[tuple[float, dict] | None]:
+    """Per candidate viewpoint (intrinsics, direction from the target to the eye): (estimated frame
+    fill capped at ``cfg.fill``, camera) framing ``frame_pts``, or None where no distance frames
+    them. With ``cfg.fill`` the camera is aimed at the centre of their projection (perspective puts
+    the 3-D centre off-centre; two re-aims) and backed off to about ``fill``. All candidates are
+    computed together: a scene's candidates share the points, and numpy's cost per call, not per
+    element, is what a per-candidate loop paid for."""
+    R = look_at_rotations(directions)
+    targets = np.repeat(np.asarray(centre, dtype=np.float64)[None], len(directions), axis=0)
+    fit = partial(fit_distances, points=frame_pts, width=cfg.width, height=cfg.height, margin=cfg.frame_margin)
+    d = fit(Ks, R, targets)
+    fills = np.zeros(len(d))
+    if cfg.fill is not None:
+        aiming = np.isfinite(d)
+        for _ in range(2):  # re-aim at the projected points' centre, then fit again
+            pc = (frame_pts[None] - (targets + d[:, None] * directions)[:, None]) @ R.transpose(0, 2, 1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                uv = [Ks[:, a, a, None] * pc[..., a] / pc[..., 2] + Ks[:, a, 2, None] for a in (0, 1)]
+            off = [0.5 * (uv[a].min(axis=1) + uv[a].max(axis=1)) - size / 2.0 for a, size in ((0, cfg.width), (1, cfg.height))]
+            # R's rows are the camera's x (right) and y (down) axes in the world
+            new = targets + d[:, None] * ((off[0] / Ks[:, 0, 0])[:, None] * R[:, 0] + (off[1] / Ks[:, 1, 1])[:, None] * R[:, 1])
+            d_new = fit(Ks, R, np.where(aiming[:, None], new, targets))
+            aiming &= np.isfinite(d_new)
+            targets, d = np.where(aiming[:, None], new, targets), np.where(aiming, d_new, d)
+        fills = frame_fills(Ks, R, targets + d[:, None] * directions, ranking, cfg.width, cfg.height)
+        # fill ~ 1 / distance^2: back off to about ``fill``
+        d = np.where(fills > cfg.fill * 1.05, d * np.sqrt(fills / cfg.fill), d)
+        fills = np.minimum(fills, cfg.fill)
+    out: list[tuple[float, dict] | None] = []
+    for K, direction, t, dist, f in zip(Ks, directions, targets, d, fills):
+        if not np.isfinite(dist):
+            out.append(None)
+            continue
+        out.append((float(f), {"K": K.tolist(), "world_to_cam": space.look_at_world_to_cam(t + dist * direction, t).tolist(),
+                               "width": cfg.width, "height": cfg.height}))
+    return out

@@ -36,7 +36,7 @@ def test_scene_zbuffer_equals_per_mesh_rasters_and_frame_fill_is_bit_identical()
     from datagen.raster import SceneRaster, rasterize
 
     meshes, points = _scene()
-    splats = C.Splats(points)
+    ranking = C.rank_points(points)
     scene = SceneRaster([m.vertices for m in meshes], [m.faces for m in meshes])
     rng = np.random.default_rng(1)
     occluded = 0
@@ -54,8 +54,11 @@ def test_scene_zbuffer_equals_per_mesh_rasters_and_frame_fill_is_bit_identical()
         assert np.array_equal(px, visible) and np.array_equal(frac, visible / np.maximum(amodal, 1))
         assert np.array_equal(C.raster_visibility(cam, meshes)[0], px)
         fill = C.frame_fill(cam, points)
-        assert C.fast_frame_fill(cam, splats, exact=True) == fill
-        assert abs(C.fast_frame_fill(cam, splats) - fill) < 0.1  # the ranking subset: close, not equal
+        R = np.asarray(cam["world_to_cam"])[:3, :3]
+        eye = -R.T @ np.asarray(cam["world_to_cam"])[:3, 3]
+        batched = C.frame_fills(K[None], R[None], eye[None], np.concatenate(points), 128, 128)[0]
+        assert abs(batched - fill) < 0.02  # the same splat, other rounding of the projection
+        assert abs(C.frame_fills(K[None], R[None], eye[None], ranking, 128, 128)[0] - fill) < 0.1  # the subset
         occluded += bool(frac.min() < 0.9)
     assert occluded >= 3  # the cameras exercised the depth test, not only free views
 
@@ -63,11 +66,45 @@ def test_scene_zbuffer_equals_per_mesh_rasters_and_frame_fill_is_bit_identical()
 def test_ranking_subset_is_bounded_per_instance_and_keeps_small_instances_whole():
     big = np.random.default_rng(0).normal(size=(10 * C.RANK_POINTS, 3))
     small = np.zeros((40, 3))
-    s = C.Splats([big, small])
-    assert len(s.rank_points) <= C.RANK_POINTS + 40
-    assert np.sum(np.all(s.rank_points == 0, axis=1)) == 40
+    r = C.rank_points([big, small])
+    assert len(r) <= C.RANK_POINTS + 40
+    assert np.sum(np.all(r == 0, axis=1)) == 40
     with pytest.raises(ValueError):
-        C.Splats([])
+        C.rank_points([])
+
+
+def _inside(cam: dict, pts: np.ndarray, margin: float) -> np.ndarray:
+    uv, z = space.project_points(np.asarray(cam["K"]), np.asarray(cam["world_to_cam"]), pts)
+    w, h = cam["width"], cam["height"]
+    return (z > 1e-3) & (uv[:, 0] >= margin * w - 1e-6) & (uv[:, 0] <= w - margin * w + 1e-6) \
+        & (uv[:, 1] >= margin * h - 1e-6) & (uv[:, 1] <= h - margin * h + 1e-6)
+
+
+def test_batched_framing_frames_every_point_at_the_smallest_distance_and_estimates_the_fill():
+    meshes, points = _scene(4)
+    frame_pts = C._hull_points(points)
+    cfg = C.CameraConfig(width=160, height=120, fill=0.4)
+    rng = np.random.default_rng(3)
+    n = 40
+    elev, azim = np.radians(rng.uniform(5, 60, n)), rng.uniform(0, 2 * np.pi, n)
+    dirs = np.column_stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+    Ks = np.stack([C.intrinsics(f, cfg.width, cfg.height) for f in rng.uniform(35, 65, n)])
+    centre = 0.5 * (frame_pts.min(axis=0) + frame_pts.max(axis=0))
+    # the closed-form distance is the smallest that frames every point: 0.5 % closer loses one
+    R = C.look_at_rotations(dirs)
+    d = C.fit_distances(Ks, R, np.repeat(centre[None], n, 0), frame_pts, cfg.width, cfg.height, cfg.frame_margin)
+    for K, direction, dist in zip(Ks, dirs, d):
+        cam = lambda t: {"K": K, "world_to_cam": space.look_at_world_to_cam(centre + t * direction, centre),
+                         "width": cfg.width, "height": cfg.height}
+        assert _inside(cam(dist), frame_pts, cfg.frame_margin).all()
+        radius = np.max(np.linalg.norm(frame_pts - centre, axis=1))
+        assert dist <= radius * 1.0101 or not _inside(cam(0.995 * dist), frame_pts, cfg.frame_margin).all()
+    framed = C._frame_candidates(Ks, dirs, centre, frame_pts, C.rank_points(points), cfg)
+    assert all(f is not None for f in framed)
+    for fill, cam in framed:
+        assert _inside(cam, frame_pts, cfg.frame_margin).all()  # re-aimed and backed off: still framed
+        true = C.frame_fill(cam, points)
+        assert fill <= cfg.fill and abs(min(true, cfg.fill) - fill) < 0.1, (fill, true)
 
 
 def _look_at_with_np_cross(eye, target, up=(0.0, 0.0, 1.0)):
