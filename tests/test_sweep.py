@@ -36,7 +36,7 @@ STUDY = textwrap.dedent("""
     grid:
       mix: ['d@10', 'd@20', 'd@40']
     seeds: [0, 1]
-    eval: {metrics: [iou_b]}
+    eval: {metrics: [iou_b], probe: false}
     scaling: {x: samples, metric: iou_b, bootstrap: 100}
 """)
 
@@ -100,8 +100,15 @@ def fake_baseline(stage, deps, ctx):
     return {"summary": {"iou_b": floor}}
 
 
+def fake_probe(stage, deps, ctx):
+    _log_call(ctx.out, stage.id)
+    train = deps[stage.deps[0]]["train_config"]
+    return {"probe": stage.out, "mean_image_gain": 0.25 if train["sca"] else 0.05, "per_t": []}
+
+
 FAKE = {"catalog": fake_data, "datagen": fake_data, "reuse": fake_data, "prefix": fake_data, "bench": fake_data,
-        "vae": fake_vae, "latents": fake_latents, "train": fake_train, "eval": fake_eval, "baseline": fake_baseline}
+        "vae": fake_vae, "latents": fake_latents, "train": fake_train, "probe": fake_probe, "eval": fake_eval,
+        "baseline": fake_baseline}
 
 
 def _train_dir(out: Path, stage_id: str) -> Path:
@@ -338,9 +345,30 @@ def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
         for bench in ("ood-rand", "train-fit"):
             m = groups[g]["metrics"][f"{bench}/iou_b"]["mean"]
             assert 0.0 <= m <= 1.0
+        assert -1.0 <= groups[g]["image_gain"] <= 1.0  # the real probe ran on the cell's checkpoint
     assert doc["vae"]["held_out_iou"] >= 0.0
     report = (tmp_path / "out" / "REPORT.md").read_text()
-    assert "smoke run" in report and "| full |" in report and "| no-sca |" in report
+    assert "smoke run" in report and "| full |" in report and "| no-sca |" in report and "image gain" in report
+
+
+def test_each_cell_is_probed_and_its_image_gain_is_in_the_report(tmp_path):
+    from train.study import expand, load_spec
+    from train.sweep import run_study
+
+    study = tmp_path / "toy.yaml"
+    study.write_text(STUDY.replace("probe: false", "probe: {batches: 2}"))
+    s = expand(load_spec(study), tmp_path / "out")
+    probes = [st for st in s.stages.values() if st.kind == "probe"]
+    assert len(probes) == len(s.cells) and all(st.deps == [st.id.replace("/probe", "/train")] for st in probes)
+    assert all(st.config["batches"] == 2 for st in probes)
+    assert all(st.config["batches"] == 1 for st in expand(load_spec(study), tmp_path / "o", smoke=True).stages.values()
+               if st.kind == "probe")
+    run_study(study, tmp_path / "out", runners=FAKE, executor="local")
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    gains = {g["group"].split("-")[0]: g["image_gain"] for g in doc["groups"]}
+    assert gains == {"full": 0.25, "nosca": 0.05}
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "| image gain |" in report and "| 0.250 |" in report and "ignores its image" in report
 
 
 BASELINE_STUDY = STUDY.replace("    scaling: {x: samples, metric: iou_b, bootstrap: 100}\n", "") + textwrap.dedent("""

@@ -56,7 +56,7 @@ class Stage:
     """One unit of work: ``kind`` picks the runner; ``config`` is everything its output depends on."""
 
     id: str
-    kind: str  # catalog | datagen | reuse | prefix | bench | vae | latents | train | eval | baseline
+    kind: str  # catalog | datagen | reuse | prefix | bench | vae | latents | train | probe | eval | baseline
     out: str
     config: dict
     deps: list[str] = field(default_factory=list)
@@ -276,6 +276,13 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                                            econf, edeps, cell=cell)).id)
                 cells[cell] = {"group": group, "seed": seed, "train": train.id, "evals": evals,
                                "factors": {"cell": cname, **{k: str(v) for k, v in combo.items()}}}
+                probe_cfg = ev.get("probe", {"batches": 4})
+                if probe_cfg:  # how much the trained flow uses its image (iscene-train probe)
+                    pc = {"batches": 4, **(probe_cfg if isinstance(probe_cfg, dict) else {})}
+                    if smoke:
+                        pc["batches"] = 1
+                    cells[cell]["probe"] = add(Stage(f"cell/{cell}/probe", "probe", str(out / "cells" / _safe(cell) / "probe"),
+                                                     pc, [train.id], cell=cell)).id
     for bname_, b in (spec.get("baselines") or {}).items():
         b = dict(b or {})
         kind = str(b.get("kind", bname_))

@@ -83,8 +83,12 @@ def cell_rows(study: Study, records: dict) -> list[dict]:
         row = {"cell": cell, "group": info["group"], "seed": info["seed"], "factors": dict(info["factors"]),
                "train_status": tr.get("status", "not run"), "samples": samples or None,
                "steps": res.get("steps"), "first_loss": res.get("first_loss"), "final_loss": res.get("final_loss"),
-               "flops": train_flops(res["train_config"]) if res.get("train_config") else None, "metrics": {}, "errors": []}
-        for sid in [info["train"]] + info["evals"]:
+               "flops": train_flops(res["train_config"]) if res.get("train_config") else None, "metrics": {}, "errors": [],
+               "image_gain": None}
+        probe = records.get(info.get("probe") or "", {})
+        if probe.get("status") in ("ok", "cached"):
+            row["image_gain"] = probe["result"]["mean_image_gain"]
+        for sid in [info["train"]] + info["evals"] + ([info["probe"]] if info.get("probe") else []):
             r = records.get(sid, {})
             if r.get("status") in ("failed", "blocked"):
                 row["errors"].append({"stage": sid, "status": r["status"], "error": r.get("error"), "log": r.get("log")})
@@ -169,7 +173,7 @@ def group_table(rows: list[dict], benches: list[str], metrics: list[str]) -> tup
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
     out, lines = [], []
-    head = ["cell", "seeds ok", "train samples", "train FLOPs (est.)", "loss first -> last"] + \
+    head = ["cell", "seeds ok", "train samples", "train FLOPs (est.)", "loss first -> last", "image gain"] + \
            [f"{b}: {m}" for b in benches for m in metrics]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + " --- |" * len(head))
@@ -180,6 +184,9 @@ def group_table(rows: list[dict], benches: list[str], metrics: list[str]) -> tup
         cells = [g, f"{len(ok)}/{len(rs)}", _fmt(rs[0]["samples"], "d") if rs[0]["samples"] else "-", _fmt(rs[0]["flops"], ".3g"),
                  f"{_fmt(np.mean([r['first_loss'] for r in ok]) if ok and all(r['first_loss'] is not None for r in ok) else None)} -> "
                  f"{_fmt(np.mean([r['final_loss'] for r in ok]) if ok and all(r['final_loss'] is not None for r in ok) else None)}"]
+        gains = [r["image_gain"] for r in rs if r.get("image_gain") is not None]
+        rec["image_gain"] = float(np.mean(gains)) if gains else None
+        cells.append(_fmt(rec["image_gain"], ".3f"))
         for b in benches:
             for m in metrics:
                 vals = [r["metrics"][b][m] for r in rs if b in r["metrics"] and r["metrics"][b].get(m) is not None]
@@ -340,7 +347,11 @@ def _markdown(study: Study, doc: dict, table_md: str, rows: list[dict], records:
             parts = ", ".join(f"{g} {v:.4g} (gap {lt['gaps'][g]:+.4g})" for g, v in lt["baselines"].items())
             L += [f"**{lt['verdict'].upper()}**: cell `{lt['cell']}` reaches {lt['metric']} {lt['model']:.4g} on `{lt['bench']}`; "
                   f"{parts}; required gap >= {lt['margin']} over every baseline.", ""]
-    L += ["## Results (mean ± std over seeds)", "", table_md, ""]
+    L += ["## Results (mean ± std over seeds)", "", table_md, "",
+          "*image gain*: `iscene-train probe` on the cell's last checkpoint, the share of the flow's instance "
+          "loss that its image explains (1 - loss with the image / loss with it zeroed, mean over noise levels "
+          "0.1-0.9). Near 0, the cell ignores its image and its metrics measure a shape prior, not how it "
+          "uses the image.", ""]
     ref = spec.get("paper_reference") or {}
     if ref.get("rows"):
         L += [f"## Next to the paper: {ref.get('title', '')}", "", "| paper cell | paper | ours (cell) | ours |", "| --- | --- | --- | --- |"]

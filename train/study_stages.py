@@ -224,6 +224,22 @@ def run_train(stage: Stage, deps: dict, ctx: RunContext) -> dict:
             "train_config": run_cfg}
 
 
+def run_probe(stage: Stage, deps: dict, ctx: RunContext) -> dict:
+    """``iscene-train probe`` on the cell's last checkpoint: how much of the flow's loss its image
+    explains (a cell that ignores its image cannot be read as an ablation of how it uses it)."""
+    train = deps[stage.deps[0]]
+    out = Path(stage.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = _tool("iscene-train") + ["probe", train["path"], "--step", str(train["steps"]), "--out", str(out / "probe.json"),
+                                   "--batches", str(int(stage.config.get("batches", 4)))]
+    if stage.config.get("t"):
+        cmd += ["--t", ",".join(str(float(t)) for t in stage.config["t"])]
+    run_cmd(cmd, stage, ctx)
+    doc = json.loads((out / "probe.json").read_text())
+    return {"probe": str(out / "probe.json"), "mean_image_gain": doc["mean_image_gain"],
+            "per_t": [{k: p[k] for k in ("t", "image_gain", "x0_iou")} for p in doc["per_t"]]}
+
+
 # ------------------------------------------------------------------------------------------- eval --
 
 
@@ -378,4 +394,5 @@ def score_prediction(stage: Stage, ctx: RunContext, bench: str, pred: Path, scor
 
 
 RUNNERS = {"catalog": run_catalog, "datagen": run_datagen, "reuse": run_reuse, "prefix": run_prefix, "bench": run_bench,
-           "vae": run_vae, "latents": run_latents, "train": run_train, "eval": run_eval, "baseline": run_baseline}
+           "vae": run_vae, "latents": run_latents, "train": run_train, "probe": run_probe, "eval": run_eval,
+           "baseline": run_baseline}
