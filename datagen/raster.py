@@ -24,14 +24,16 @@ NEAR = 1e-4  # triangles with a vertex at or behind this camera depth are skippe
 
 
 @numba.njit(cache=True, nogil=True)
-def _raster_kernel(uv, z, faces, width, height, mask, depth, with_depth):  # pragma: no cover - compiled
-    """Marks ``mask`` (and lowers ``depth``) for every pixel centre inside a triangle; the same
-    floating-point operations, in the same order, as ``_rasterize_numpy``."""
+def _zbuffer(uv, z, faces, owner, width, height, cover, depth, ids, with_depth):  # pragma: no cover - compiled
+    """For every pixel centre inside a triangle of instance ``owner[t]``: marks ``cover[owner[t]]``
+    and, with ``with_depth``, keeps the nearest depth and its instance (``ids``; ties go to the lower
+    instance). The same floating-point operations, in the same order, as ``_rasterize_numpy``."""
     for t in range(faces.shape[0]):
         a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
         z0, z1, z2 = z[a], z[b], z[c]
         if not (z0 > NEAR and z1 > NEAR and z2 > NEAR):
             continue
+        inst = owner[t]
         x0, y0, x1, y1, x2, y2 = uv[a, 0], uv[a, 1], uv[b, 0], uv[b, 1], uv[c, 0], uv[c, 1]
         lo_x = min(max(int(np.ceil(min(x0, x1, x2) - 0.5)), 0), width)
         lo_y = min(max(int(np.ceil(min(y0, y1, y2) - 0.5)), 0), height)
@@ -50,12 +52,13 @@ def _raster_kernel(uv, z, faces, width, height, mask, depth, with_depth):  # pra
                 if not abs(area) > 1e-12:
                     continue
                 k = iy * width + ix
-                mask[k] = True
+                cover[inst, k] = True
                 if with_depth:
                     # perspective-correct depth: interpolate 1/z with screen-space barycentrics
                     d = 1.0 / (((0.0 + (w0 / area) / z0) + (w1 / area) / z1) + (w2 / area) / z2)
-                    if d < depth[k]:
+                    if d < depth[k] or (d == depth[k] and inst < ids[k]):
                         depth[k] = d
+                        ids[k] = inst
 
 
 def rasterize(K: np.ndarray, world_to_cam: np.ndarray, vertices_world: np.ndarray, faces: np.ndarray,
@@ -72,18 +75,19 @@ def rasterize(K: np.ndarray, world_to_cam: np.ndarray, vertices_world: np.ndarra
     f = np.ascontiguousarray(np.asarray(faces, dtype=np.int64).reshape(-1, 3))
     if method == "numpy":
         return _rasterize_numpy(uv, z, f, width, height, with_depth)
-    mask = np.zeros(height * width, dtype=bool)
+    cover = np.zeros((1, height * width), dtype=bool)
     depth = np.full(height * width if with_depth else 1, np.inf)
     if len(f):
-        _raster_kernel(np.ascontiguousarray(uv), np.ascontiguousarray(z), f, int(width), int(height), mask, depth,
-                       bool(with_depth))
+        _zbuffer(np.ascontiguousarray(uv), np.ascontiguousarray(z), f, np.zeros(len(f), dtype=np.int64), int(width),
+                 int(height), cover, depth, np.zeros(len(depth), dtype=np.int64), bool(with_depth))
+    mask = cover[0]
     if with_depth:
         return mask.reshape(height, width), depth.reshape(height, width)
     return mask.reshape(height, width)
 
 
 def _rasterize_numpy(uv: np.ndarray, z: np.ndarray, f: np.ndarray, width: int, height: int, with_depth: bool):
-    """The vectorised reference of ``_raster_kernel``: every bounding-box pixel of every triangle
+    """The vectorised reference of ``_zbuffer``: every bounding-box pixel of every triangle
     expanded into flat arrays (in chunks of _CHUNK candidates)."""
     f = f[np.all(z[f] > NEAR, axis=1)]
     mask = np.zeros(height * width, dtype=bool)
@@ -133,10 +137,8 @@ def _rasterize_numpy(uv: np.ndarray, z: np.ndarray, f: np.ndarray, width: int, h
 
 
 @numba.njit(cache=True, nogil=True)
-def _scene_kernel(vertices, faces, owner, n, K, w2c, width, height, amodal, depth, ids):  # pragma: no cover - compiled
-    """Projects ``vertices`` and z-buffers every triangle: per pixel the nearest instance
-    (``ids``, -1 where empty; ties go to the lower instance index), and per instance the pixels it
-    covers when alone (``amodal``, (n, H*W) bool)."""
+def _project(vertices, K, w2c):  # pragma: no cover - compiled
+    """(uv, z) of world ``vertices`` through a pinhole camera (no skew)."""
     V = vertices.shape[0]
     uv = np.empty((V, 2))
     z = np.empty(V)
@@ -147,35 +149,7 @@ def _scene_kernel(vertices, faces, owner, n, K, w2c, width, height, amodal, dept
         z[i] = zz
         uv[i, 0] = (K[0, 0] * x + K[0, 1] * y + K[0, 2] * zz) / zz
         uv[i, 1] = (K[1, 1] * y + K[1, 2] * zz) / zz
-    for t in range(faces.shape[0]):
-        a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
-        z0, z1, z2 = z[a], z[b], z[c]
-        if not (z0 > NEAR and z1 > NEAR and z2 > NEAR):
-            continue
-        inst = owner[t]
-        x0, y0, x1, y1, x2, y2 = uv[a, 0], uv[a, 1], uv[b, 0], uv[b, 1], uv[c, 0], uv[c, 1]
-        lo_x = min(max(int(np.ceil(min(x0, x1, x2) - 0.5)), 0), width)
-        lo_y = min(max(int(np.ceil(min(y0, y1, y2) - 0.5)), 0), height)
-        hi_x = min(max(int(np.floor(max(x0, x1, x2) - 0.5)), -1), width - 1)
-        hi_y = min(max(int(np.floor(max(y0, y1, y2) - 0.5)), -1), height - 1)
-        for iy in range(lo_y, hi_y + 1):
-            py = iy + 0.5
-            for ix in range(lo_x, hi_x + 1):
-                px = ix + 0.5
-                w0 = (x1 - px) * (y2 - py) - (y1 - py) * (x2 - px)
-                w1 = (x2 - px) * (y0 - py) - (y2 - py) * (x0 - px)
-                w2 = (x0 - px) * (y1 - py) - (y0 - py) * (x1 - px)
-                if not ((w0 >= 0 and w1 >= 0 and w2 >= 0) or (w0 <= 0 and w1 <= 0 and w2 <= 0)):
-                    continue
-                area = w0 + w1 + w2
-                if not abs(area) > 1e-12:
-                    continue
-                k = iy * width + ix
-                amodal[inst, k] = True
-                d = 1.0 / (((w0 / area) / z0 + (w1 / area) / z1) + (w2 / area) / z2)
-                if d < depth[k] or (d == depth[k] and inst < ids[k]):
-                    depth[k] = d
-                    ids[k] = inst
+    return uv, z
 
 
 class SceneRaster:
@@ -202,7 +176,7 @@ class SceneRaster:
         amodal = np.zeros((self.n, height * width), dtype=bool)
         depth = np.full(height * width, np.inf)
         ids = np.full(height * width, -1, dtype=np.int64)
-        _scene_kernel(self.vertices, self.faces, self.owner, self.n, np.asarray(K, dtype=np.float64),
-                      np.asarray(world_to_cam, dtype=np.float64), int(width), int(height), amodal, depth, ids)
+        uv, z = _project(self.vertices, np.asarray(K, dtype=np.float64), np.asarray(world_to_cam, dtype=np.float64))
+        _zbuffer(uv, z, self.faces, self.owner, int(width), int(height), amodal, depth, ids, True)
         visible = np.bincount(ids[ids >= 0], minlength=self.n)
         return visible.astype(np.float64), amodal.sum(axis=1).astype(np.float64)
