@@ -231,6 +231,7 @@ class Placed:
     shapes: physics.Posed = field(repr=False)  # hull and (built when first needed) exact fcl objects
     aabb: np.ndarray = field(repr=False)  # (2, 3)
     _points: cKDTree | None = field(default=None, init=False, repr=False)
+    _world_samples: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
     def obj(self) -> fcl.CollisionObject:
@@ -238,10 +239,17 @@ class Placed:
         return self.shapes.exact
 
     @property
+    def world_samples(self) -> np.ndarray:
+        """Its surface samples (vertices included) in the world, computed once."""
+        if self._world_samples is None:
+            self._world_samples = self.world(self.asset.samples)
+        return self._world_samples
+
+    @property
     def surface_points(self) -> cKDTree:
         """A k-d tree of (at most SURFACE_POINTS of) its surface samples in the world."""
         if self._points is None:
-            pts = self.world(self.asset.samples)
+            pts = self.world_samples
             self._points = cKDTree(pts[::max(1, -(-len(pts) // SURFACE_POINTS))])
         return self._points
 
@@ -308,7 +316,7 @@ def _support_heights(anchor: Placed, lib: AssetLibrary):
 
 
 def _stable(p: Placed, heights_at) -> bool:
-    return physics.is_stable(p.world(p.asset.samples), p.world(p.asset.com[None])[0], heights_at)
+    return physics.is_stable(p.world_samples, p.world(p.asset.com[None])[0], heights_at)
 
 
 def _pick_size(rng, levels: np.ndarray, lo: float, hi: float) -> float | None:
@@ -525,7 +533,7 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
                 continue
         meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
         aabbs = np.stack([p.aabb for p in s.placed])
-        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world(p.asset.samples) for p in s.placed],
+        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world_samples for p in s.placed],
                                  hull_points=np.concatenate([p.world(p.asset.hull) for p in s.placed]))
         if len(cameras) < cfg.views_per_scene:
             reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")

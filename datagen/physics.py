@@ -152,8 +152,9 @@ def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_sample
     ``bounding_polytope`` of the hull, already computed at unit size; they scale with the mesh, so
     a cache can reuse them for every size.
     """
-    mesh = canonical.copy()
-    mesh.apply_scale(size)
+    # a new mesh from scaled arrays: the same vertices as copy() + apply_scale(), without copying
+    # and re-hashing the canonical mesh's caches for every size
+    mesh = trimesh.Trimesh(np.asarray(canonical.vertices) * size, canonical.faces, process=False)
     if unit_extras is None:
         samples, com = samples_and_com(mesh, n_samples, seed)
         hull = np.asarray(mesh.convex_hull.vertices)
