@@ -335,7 +335,9 @@ def test_crashed_blender_stderr_goes_into_failures(tmp_path):
     from datagen.runner import RunConfig, run_dataset
     from datagen.sample import SampleConfig
 
-    src = RandomSceneSource(procedural_catalog(30), LayoutConfig(views_per_scene=1, width=64, height=64), 0)
+    # at 64 px, 32 visible pixels for each of up to 10 instances is rarely possible: few instances,
+    # so that scene s00000001 reaches the renderer (the crash is what this test is about)
+    src = RandomSceneSource(procedural_catalog(30), LayoutConfig(views_per_scene=1, width=64, height=64, max_instances=3), 0)
     cfg = RunConfig(out=str(tmp_path / "crash"), name="crash", n=2, scenes_per_shard=2, use_ray=False,
                     render=RenderSettings(samples=2, denoise=False, crash_on_scene="s00000001"),
                     sample=SampleConfig(dataset="crash", min_visible_pixels=1))
