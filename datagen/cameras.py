@@ -254,7 +254,7 @@ def sample_cameras(
     instance (e.g. the instances' hull vertices; the surface samples' hull when not given), which
     the camera frames.
 
-    Per view, each try draws ``cfg.candidates`` viewpoints, frames them (``_framed_camera``) and
+    Per view, each try draws ``cfg.candidates`` viewpoints, frames them (``_frame_candidates``) and
     checks them in order of frame fill (capped at the target; ties in draw order) with the exact
     z-buffer (``raster_visibility``): the first that shows every instance with at least
     ``min_instance_pixels`` and ``min_visible_fraction`` and matches the view's occlusion mode is
@@ -281,19 +281,7 @@ def sample_cameras(
             # seen along its long side fills a square image better than one seen end-on (and vice
             # versa). Viewpoints that reach the target fill rank equal, in draw order.
             n = cfg.candidates if cfg.fill is not None else 1
-            directions, Ks = np.zeros((n, 3)), np.zeros((n, 3, 3))
-            for k in range(n):
-                elev = np.radians(rng.uniform(*elevation))
-                azim = rng.uniform(0, 2 * np.pi)
-                if mode == "heavy" and len(aabbs) > 1:
-                    # look along a random pair of instances, the nearer one in front: random
-                    # viewpoints rarely line instances up (17 checks per accepted heavy view)
-                    i, j = rng.choice(len(aabbs), 2, replace=False)
-                    behind_to_front = centres[j, :2] - centres[i, :2]
-                    azim = float(np.arctan2(behind_to_front[1], behind_to_front[0])) + rng.normal(0.0, HEAVY_AZIMUTH_SPREAD)
-                fov = rng.uniform(*cfg.fov_deg)
-                directions[k] = [np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]
-                Ks[k] = intrinsics(fov, cfg.width, cfg.height)
+            directions, Ks = _draw_viewpoints(rng, n, elevation, centres if mode == "heavy" else None, cfg)
             cam, short = None, []
             for framed in _frame_candidates(Ks, directions, centre, frame_pts, ranking, cfg):
                 if framed is None:
@@ -310,6 +298,27 @@ def sample_cameras(
                 cams.append(cam)
                 break
     return cams
+
+
+def _draw_viewpoints(rng: np.random.Generator, n: int, elevation: tuple[float, float], pair_centres: np.ndarray | None,
+                     cfg: CameraConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(directions from the target to the eye (n, 3), intrinsics (n, 3, 3)) of ``n`` random
+    viewpoints. With ``pair_centres`` (instance centres; "heavy" views) each looks along a random
+    pair of instances, the nearer one in front, instead of from a uniform azimuth: uniform
+    viewpoints rarely line instances up (measured on real-asset scenes: 17 z-buffer checks per
+    accepted heavy view with uniform azimuths, 11 with pairs)."""
+    directions, Ks = np.zeros((n, 3)), np.zeros((n, 3, 3))
+    for k in range(n):
+        elev = np.radians(rng.uniform(*elevation))
+        azim = rng.uniform(0, 2 * np.pi)
+        if pair_centres is not None and len(pair_centres) > 1:
+            i, j = rng.choice(len(pair_centres), 2, replace=False)
+            behind_to_front = pair_centres[j, :2] - pair_centres[i, :2]
+            azim = float(np.arctan2(behind_to_front[1], behind_to_front[0])) + rng.normal(0.0, HEAVY_AZIMUTH_SPREAD)
+        fov = rng.uniform(*cfg.fov_deg)
+        directions[k] = [np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)]
+        Ks[k] = intrinsics(fov, cfg.width, cfg.height)
+    return directions, Ks
 
 
 def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str) -> bool:
