@@ -228,7 +228,7 @@ class Placed:
     rot: np.ndarray  # (3, 3) world rotation of the posed frame (a yaw until settling tips it)
     t: np.ndarray
     support: int  # 0 = floor, else 1-based index
-    shapes: physics.Posed = field(repr=False)  # hull and (built when first needed) exact fcl objects
+    shapes: physics.Posed = field(repr=False)  # bounding-solid and (built when first needed) exact fcl objects
     aabb: np.ndarray = field(repr=False)  # (2, 3)
     _points: cKDTree | None = field(default=None, init=False, repr=False)
     _world_samples: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -278,7 +278,7 @@ def _clear_of_others(new: Placed, placed: list[Placed], skip: int | None) -> boo
             continue
         if np.any(new.aabb[0] > other.aabb[1] + MIN_CLEARANCE_PAIR) or np.any(other.aabb[0] > new.aabb[1] + MIN_CLEARANCE_PAIR):
             continue
-        if physics.clear_by_hulls(new.shapes, other.shapes, MIN_CLEARANCE_PAIR):
+        if physics.clear_by_bounds(new.shapes, other.shapes, MIN_CLEARANCE_PAIR):
             continue
         if np.isfinite(other.surface_points.query(new.surface_points.data, k=1, distance_upper_bound=MIN_CLEARANCE_PAIR)[0]).any():
             return False

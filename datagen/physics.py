@@ -7,7 +7,7 @@ geometry, so sizes are a fixed set of levels per asset; see ``layout.SIZE_LEVELS
 
 A BVH of a real asset costs ~8 us per triangle to build (1 s for an 84k-triangle mesh), and most
 pairs a scene checks are far apart. So each shape's BVH is built only when a query needs it
-(``Shapes``), and ``clear_by_hulls`` answers "at least this far apart" first from convex
+(``Shapes``), and ``clear_by_bounds`` answers "at least this far apart" first from convex
 solids that contain the meshes (GJK, microseconds): solids that far apart prove it for the meshes;
 only pairs whose solids come closer go to the exact BVH distance. The solid is a bounding
 polytope of ``BOUND_DIRECTIONS`` face normals rather than the exact hull: a dense convex asset's
@@ -27,12 +27,8 @@ from scipy.spatial import ConvexHull
 SUPPORT_GAP_MAX = 0.005  # metres: an instance rests within (0, 5 mm] of its support
 CONTACT_BAND = 0.005  # points this close above the support form the contact region
 STABILITY_MARGIN = 0.002  # metres the centre of mass must lie inside the contact hull
-
-
-HULL_MARGIN = 1e-4  # metres added to a hull-distance bound: GJK's distance converges from above
-
-
-BOUND_DIRECTIONS = 64
+BOUND_MARGIN = 1e-4  # metres added to a bounding-solid distance: GJK's distance converges from above
+BOUND_DIRECTIONS = 64  # face normals of the bounding polytope (plus the 6 axis directions)
 
 
 def _fibonacci_directions(n: int) -> np.ndarray:
@@ -94,12 +90,12 @@ class Shapes:
 
 
 class Posed:
-    """A ``Shapes`` at a rigid pose: the fcl objects of the hull and (on first use) the BVH."""
+    """A ``Shapes`` at a rigid pose: the fcl objects of its bounding solid and (on first use) its BVH."""
 
     def __init__(self, shapes: Shapes, rot: np.ndarray, t: np.ndarray):
         self.shapes, self.tf = shapes, fcl.Transform(np.asarray(rot, dtype=np.float64), np.asarray(t, dtype=np.float64))
         self._exact: fcl.CollisionObject | None = None
-        self._hull: fcl.CollisionObject | None = None
+        self._bound: fcl.CollisionObject | None = None
 
     @property
     def exact(self) -> fcl.CollisionObject:
@@ -108,16 +104,16 @@ class Posed:
         return self._exact
 
     @property
-    def hull(self) -> fcl.CollisionObject:
-        if self._hull is None:
-            self._hull = fcl.CollisionObject(self.shapes.convex, self.tf)
-        return self._hull
+    def bound(self) -> fcl.CollisionObject:
+        if self._bound is None:
+            self._bound = fcl.CollisionObject(self.shapes.convex, self.tf)
+        return self._bound
 
 
-def clear_by_hulls(a: Posed, b: Posed, clearance: float) -> bool:
+def clear_by_bounds(a: Posed, b: Posed, clearance: float) -> bool:
     """True when the bounding solids alone prove the meshes at least ``clearance`` apart (False:
     look closer)."""
-    return distance(a.hull, b.hull) >= clearance + HULL_MARGIN
+    return distance(a.bound, b.bound) >= clearance + BOUND_MARGIN
 
 
 @dataclass

@@ -288,12 +288,12 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
             raise SettleError(f"instance {i} tipped {angle:.1f} deg while settling (tolerance {cfg.max_rotation_deg:.0f} deg)")
         obj = physics.Posed(body.shapes, rot, t)
         # what it rests on now, measured on the full meshes: exactly one thing within 5 mm (pairs
-        # whose hulls are farther apart than both limits are neither touching nor too close)
+        # whose bounding solids are farther apart than both limits are neither touching nor too close)
         low = float((body.mesh.vertices @ rot.T + t)[:, 2].min())
         touching = [0] if low <= physics.SUPPORT_GAP_MAX else []
         far = max(physics.SUPPORT_GAP_MAX, cfg.min_clearance)
         for j, other in enumerate(objs, start=1):
-            if j != body.support and physics.clear_by_hulls(obj, other, far):
+            if j != body.support and physics.clear_by_bounds(obj, other, far):
                 continue
             d = physics.distance(obj.exact, other.exact)
             if d <= physics.SUPPORT_GAP_MAX:

@@ -52,7 +52,7 @@ def test_shortcuts_agree_with_the_exact_distance_on_real_mesh_pairs(shared_asset
         pa, pb = physics.Posed(A.shapes, ra, ta), physics.Posed(B.shapes, rb, tb)
         exact = physics.distance(pa.exact, pb.exact)
         pairs += 1
-        if physics.clear_by_hulls(pa, pb, clearance):
+        if physics.clear_by_bounds(pa, pb, clearance):
             cleared += 1
             assert exact >= clearance, (MESHES[a], MESHES[b], exact)
         sa, sb = A.samples @ ra.T + ta, B.samples @ rb.T + tb
