@@ -1,4 +1,10 @@
-"""Synthetic: 8 condition patterns -> 8 fixed latents. Can the tiny flow learn to use its condition?"""
+"""Synthetic: K condition patterns -> K fixed latents. Can the tiny flow learn to use its condition?
+
+    python cond_sanity.py LR STEPS K [smooth]
+
+"smooth": each latent is a trilinear upsampling of 8 x 4^3 random values (structured, like real
+latents); otherwise 8 x 16^3 independent values (for K = 8 more than the 204k-weight tiny flow can
+memorise)."""
 import sys, time, torch
 sys.path.insert(0, '/work/main')
 torch.set_num_threads(1)
@@ -8,7 +14,13 @@ torch.manual_seed(0)
 flow = build_flow("tiny")
 K, L, C = int(sys.argv[3]) if len(sys.argv) > 3 else 8, 16, 32
 conds = torch.randn(K, L, C)
-latents = torch.randn(K, 8, 16, 16, 16) * 0.8
+SMOOTH = len(sys.argv) > 4 and sys.argv[4] == "smooth"
+if SMOOTH:  # structured latents: 4^3 random values per channel, upsampled (512 free values per latent)
+    coarse = torch.randn(K, 8, 4, 4, 4)
+    latents = torch.nn.functional.interpolate(coarse, size=(16, 16, 16), mode="trilinear", align_corners=True)
+    latents = latents / latents.std() * 0.8
+else:  # 32k independent random values per latent (more than the tiny flow's 204k weights can store for K=8)
+    latents = torch.randn(K, 8, 16, 16, 16) * 0.8
 opt = torch.optim.AdamW(flow.parameters(), lr=float(sys.argv[1]) if len(sys.argv) > 1 else 1e-3)
 gen = torch.Generator().manual_seed(1)
 def gain():
