@@ -52,15 +52,6 @@ def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def look_at_rotations(directions: np.ndarray) -> np.ndarray:
-    """(C, 3, 3) world-to-camera rotations of cameras looking along ``-directions`` (unit, from the
-    target to the eye) with +Z up: ``space.look_at_world_to_cam``'s axes for a batch of viewpoints."""
-    fwd = -np.asarray(directions, dtype=np.float64).reshape(-1, 3)
-    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
-    right /= np.linalg.norm(right, axis=1, keepdims=True)
-    return np.stack([right, np.cross(fwd, right), fwd], axis=1)
-
-
 def fit_distances(Ks: np.ndarray, rotations: np.ndarray, targets: np.ndarray, points: np.ndarray, width: int,
                   height: int, margin: float) -> np.ndarray:
     """Per camera c, the smallest distance from ``targets[c]`` along its viewing axis that frames
@@ -337,7 +328,7 @@ def _frame_candidates(Ks: np.ndarray, directions: np.ndarray, centre: np.ndarray
     the 3-D centre off-centre; two re-aims) and backed off to about ``fill``. All candidates are
     computed together: a scene's candidates share the points, and numpy's cost per call, not per
     element, is what a per-candidate loop paid for."""
-    R = look_at_rotations(directions)
+    R = space.look_at_rotations(directions)
     targets = np.repeat(np.asarray(centre, dtype=np.float64)[None], len(directions), axis=0)
     fit = partial(fit_distances, points=frame_pts, width=cfg.width, height=cfg.height, margin=cfg.frame_margin)
     d = fit(Ks, R, targets)

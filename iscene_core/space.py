@@ -159,3 +159,13 @@ def look_at_world_to_cam(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (
     out[:3, :3] = rot
     out[:3, 3] = -rot @ eye
     return out
+
+
+def look_at_rotations(directions: np.ndarray) -> np.ndarray:
+    """``look_at_world_to_cam``'s rotation (up = +Z) for a batch of viewpoints: (C, 3, 3), camera c
+    looking along ``-directions[c]`` (unit vectors from the target to the eye). Camera choice frames
+    several candidate viewpoints at once with these."""
+    fwd = -np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    return np.stack([right, np.cross(fwd, right), fwd], axis=1)

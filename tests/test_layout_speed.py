@@ -91,7 +91,7 @@ def test_batched_framing_frames_every_point_at_the_smallest_distance_and_estimat
     Ks = np.stack([C.intrinsics(f, cfg.width, cfg.height) for f in rng.uniform(35, 65, n)])
     centre = 0.5 * (frame_pts.min(axis=0) + frame_pts.max(axis=0))
     # the closed-form distance is the smallest that frames every point: 0.5 % closer loses one
-    R = C.look_at_rotations(dirs)
+    R = space.look_at_rotations(dirs)
     d = C.fit_distances(Ks, R, np.repeat(centre[None], n, 0), frame_pts, cfg.width, cfg.height, cfg.frame_margin)
     for K, direction, dist in zip(Ks, dirs, d):
         cam = lambda t: {"K": K, "world_to_cam": space.look_at_world_to_cam(centre + t * direction, centre),
@@ -126,6 +126,12 @@ def test_written_out_look_at_is_bit_identical():
         assert np.array_equal(space.look_at_world_to_cam(eye, target, up), _look_at_with_np_cross(eye, target, up))
     with pytest.raises(ValueError):
         space.look_at_world_to_cam(np.array([0.0, 0.0, 2.0]), np.zeros(3))
+    # the batched rotations are the single look-at's, viewpoint by viewpoint
+    dirs = rng.normal(size=(50, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    target = rng.normal(size=3)
+    single = np.stack([space.look_at_world_to_cam(target + 3.0 * d, target)[:3, :3] for d in dirs])
+    np.testing.assert_allclose(space.look_at_rotations(dirs), single, atol=1e-12)
 
 
 def test_camera_choice_is_a_function_of_its_inputs_and_obeys_its_rules():
