@@ -62,7 +62,7 @@ class Body:
     key: tuple  # shapes are cached per key: (uid, pose, size)
     mesh: trimesh.Trimesh  # local frame (world = rot @ v + t)
     com: np.ndarray  # centre of mass, local frame
-    shapes: physics.Shapes = field(repr=False)  # exact BVH and hull solid, built when first needed
+    shapes: physics.Shapes = field(repr=False)  # exact BVH and bounding solid, built when first needed
     rot: np.ndarray = field(default_factory=lambda: np.eye(3))
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
     support: int = 0  # 0 = floor, else the 1-based index of an earlier body
