@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["voxelize_surface"]
 
-_CHUNK = 1 << 18  # candidate pairs (or columns) handled per batch: bounds memory
+_CHUNK = 1 << 18  # (triangle, voxel) pairs the plain path tests per batch: bounds memory
 
 
 @dataclass
