@@ -60,3 +60,26 @@ def test_a_square_facing_the_camera_covers_the_pixels_whose_centres_it_contains(
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method"):
         rasterize(np.eye(3), np.eye(4), np.zeros((3, 3)), np.array([[0, 1, 2]]), 4, 4, method="gl")
+
+
+def test_compiled_loops_work_where_their_cache_cannot_be_written(tmp_path):
+    """A read-only install: numba cannot write its cache and compiles in memory instead of failing."""
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    code = ("import numpy as np\n"
+            "from datagen.raster import rasterize\n"
+            "from datagen.voxelize import voxelize_surface\n"
+            "K = np.array([[10.0, 0, 8], [0, 10, 8], [0, 0, 1]])\n"
+            "v = np.array([[-.5, -.5, 2], [.5, -.5, 2], [.5, .5, 2], [-.5, .5, 2]])\n"
+            "f = np.array([[0, 1, 2], [0, 2, 3]])\n"
+            "print(int(rasterize(K, np.eye(4), v, f, 16, 16).sum()), len(voxelize_surface(v - [0, 0, 2], f)))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    pixels, voxels = map(int, out.stdout.split())
+    assert pixels == 36 and voxels > 0
