@@ -64,6 +64,38 @@ def _triangles(me) -> np.ndarray:
     return co.reshape(-1, 3)[tri.reshape(-1, 3)]
 
 
+def _fan_ngons(me) -> int:
+    """Split every polygon of ``me`` with more than four corners into a fan of triangles from its
+    first corner; returns how many were split.
+
+    Why: trimesh's OBJ loader (the catalog's triangles) fans such polygons from their first corner,
+    Blender's triangulation picks other diagonals, so a non-planar 16-gon (rabbit.obj) made two
+    different surfaces and the asset lost its materials. Face splits keep the loops' UVs and normals.
+    """
+    import bmesh
+
+    bm = bmesh.new()
+    try:
+        bm.from_mesh(me)
+        ngons = [f for f in bm.faces if len(f.loops) > 4]
+        for face in ngons:
+            corners = [loop.vert for loop in face.loops]
+            rest = face
+            for i in range(2, len(corners) - 1):
+                piece, _ = bmesh.utils.face_split(rest, corners[0], corners[i])
+                if piece is None:
+                    raise RuntimeError(f"could not split a {len(corners)}-corner polygon")
+                # the remainder is the piece holding the next corner of the fan
+                if corners[i + 1] in piece.verts:
+                    rest = piece
+        if ngons:
+            bm.to_mesh(me)
+            me.update()
+        return len(ngons)
+    finally:
+        bm.free()
+
+
 def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
     """Import ``path``; returns (meshes baked into the file frame, everything else the import made).
 
@@ -83,7 +115,9 @@ def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
         created = [b for b in _created_since(before) if isinstance(b, bpy.types.Object)]
         for ob in created:
             if ob.type == "MESH" and ext == ".obj":
-                # quads split on their first diagonal, as trimesh's OBJ loader does (keeps the file's normals)
+                # split as trimesh's OBJ loader does: larger polygons into a fan from their first corner,
+                # quads on their first diagonal (keeps the file's normals)
+                _fan_ngons(ob.data)
                 tri = ob.modifiers.new("iscene_triangulate", "TRIANGULATE")
                 tri.quad_method = "FIXED"
                 tri.ngon_method = "BEAUTY"
