@@ -19,16 +19,26 @@ VAE_SCRATCH = dict(latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1)
 
 
 def tiny_dinov2(channels: int, image_size: int, seed: int = 0):
-    """A small random DINOv2-with-registers (for tests and smoke runs without downloaded weights)."""
+    """A small random DINOv2-with-registers (for tests and nano runs without downloaded weights),
+    frozen, with its patch positions set to a unit-scale 2D sin-cos table.
+
+    Why the positions: at the random init (0.02-scale position noise next to O(1) patch embeddings)
+    every black patch of a masked-frame view came out the same token (pairwise cosine 0.999), so the
+    flow saw what an instance looks like but not where it is in the image, and could not learn
+    placement from it (studies/ablation-nano/DISCUSSION.md). Pretrained DINOv2 has learned positions.
+    """
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from iscene_core.conditioning import DinoConditioner
+    from iscene_core.conditioning import DinoConditioner, sincos_2d_positions
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg = Dinov2WithRegistersConfig(hidden_size=channels, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * channels,
                                         patch_size=14, image_size=image_size, num_register_tokens=4)
-        return DinoConditioner(Dinov2WithRegistersModel(cfg), "transformers")
+        model = Dinov2WithRegistersModel(cfg)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.copy_(sincos_2d_positions(image_size // 14, channels)[None])
+    return DinoConditioner(model, "transformers")
 
 
 def build_encoder(cfg: TrainConfig) -> torch.nn.Module:
