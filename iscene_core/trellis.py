@@ -479,6 +479,9 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 # tests and smoke runs take seconds per step. Every preset shares the released latent layout (8 x 16^3).
 FLOW_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(model_channels=64, num_blocks=2, num_heads=4, cond_channels=32, patch_size=2),
+    # tiny's tokens and condition, 2x wider and 2x deeper (1.4 M weights): the 64-channel flow took
+    # 750 steps to reproduce one real instance latent (studies/ablation-nano/DISCUSSION.md)
+    "nano": dict(model_channels=128, num_blocks=4, num_heads=4, cond_channels=32, patch_size=2),
     "small": dict(model_channels=256, num_blocks=6, num_heads=4, cond_channels=1024, patch_size=1),
     "L": dict(model_channels=1024, num_blocks=24, num_heads=16, cond_channels=1024, patch_size=1),
 }

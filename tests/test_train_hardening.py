@@ -209,7 +209,7 @@ def test_one_config_tree():
     from iscene_core.trellis import FLOW_PRESETS, build_flow
     from train.data import DataConfig
 
-    assert set(FLOW_PRESETS) == {"tiny", "small", "L"} and build_flow("tiny").model_channels == 64
+    assert set(FLOW_PRESETS) == {"tiny", "nano", "small", "L"} and build_flow("tiny").model_channels == 64
     cfg = TrainConfig(mix="x", batch_size=3, max_instances=5, space="world", shuffle_buffer=7, seed=9, num_workers=1)
     d = DataConfig.from_train(cfg)
     assert (d.batch_size, d.max_instances, d.space, d.shuffle_buffer, d.seed, d.num_workers) == (3, 5, "world", 7, 9, 1)

@@ -29,7 +29,7 @@ class TrainConfig:
                     choices=("view", "world"))
     sca: bool = _f(True, "Scene Context Attention: instances attend to their scene's keys/values (--no-sca: plain TRELLIS, ablation)")
     init: str | None = _f(None, "TRELLIS-image-large folder (pipeline.json + ckpts/) to fine-tune; default: train from scratch")
-    model_size: str = _f("tiny", "flow size when training from scratch: tiny, small or L (iscene_core.trellis.FLOW_PRESETS)")
+    model_size: str = _f("tiny", "flow size when training from scratch: tiny, nano, small or L (iscene_core.trellis.FLOW_PRESETS; tiny and nano use a seeded random tiny DINOv2 when no --dinov2 is given)")
     dinov2: str | None = _f(None, "local DINOv2 ViT-L/14-reg weights. A transformers folder (config.json) is preferred; a torch.hub "
                             "repo folder is also accepted but RUNS THAT FOLDER'S hubconf.py (only point it at code you trust). "
                             "Never read from the torch.hub cache unless given")

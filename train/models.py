@@ -18,6 +18,10 @@ from train.config import TrainConfig
 VAE_SCRATCH = dict(latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1)
 
 
+# flow sizes trained from scratch on the seeded tiny DINOv2 when no --dinov2 is given (32-channel tokens)
+TINY_CONDITIONED = ("tiny", "nano")
+
+
 def tiny_dinov2(channels: int, image_size: int, seed: int = 0):
     """A small random DINOv2-with-registers (for tests and nano runs without downloaded weights),
     frozen, with its patch positions set to a unit-scale 2D sin-cos table.
@@ -97,7 +101,7 @@ def build_conditioner(cfg: TrainConfig, channels: int):
         if cond.out_channels != channels:
             raise ValueError(f"--dinov2 {cfg.dinov2} gives {cond.out_channels}-channel tokens, the flow expects {channels}")
         return cond
-    if cfg.init is None and cfg.model_size == "tiny":
+    if cfg.init is None and cfg.model_size in TINY_CONDITIONED:
         return tiny_dinov2(channels, cfg.crop_size, cfg.seed)
     raise ValueError("--dinov2 PATH is required (a local DINOv2 ViT-L/14-reg: transformers folder, or a torch.hub repo you trust)")
 

@@ -279,9 +279,10 @@ def export_tiny_conditioner(train_cfg: dict, out: Path) -> Path | None:
     """The seeded random tiny DINOv2 a ``model_size: tiny`` run without --dinov2 was conditioned on,
     saved as a transformers folder so ``iscene-eval predict --dinov2`` feeds the model the same
     features it trained on (it is a pure function of width, crop size and seed)."""
-    if train_cfg.get("dinov2") or train_cfg.get("init") or train_cfg.get("model_size", "tiny") != "tiny":
+    from train.models import TINY_CONDITIONED, tiny_dinov2
+
+    if train_cfg.get("dinov2") or train_cfg.get("init") or train_cfg.get("model_size", "tiny") not in TINY_CONDITIONED:
         return None
-    from train.models import tiny_dinov2
     crop = int(train_cfg.get("crop_size") or train_cfg.get("image_size") or 518)
     cond = tiny_dinov2(int(flow_args(train_cfg)["cond_channels"]), crop, int(train_cfg.get("seed", 0)))
     cond.backbone.save_pretrained(str(out))
