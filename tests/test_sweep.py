@@ -153,6 +153,23 @@ def test_expand_graph(study, tmp_path):
     assert {st.config["n"] for st in smoke.stages.values() if st.kind == "prefix"} == {1, 2, 4}  # sizes stay distinct
 
 
+def test_a_cell_can_set_its_own_sampler_without_touching_the_others(study, tmp_path):
+    """cells.NAME.eval.predict (e.g. no guidance for one cell) reaches only that cell's eval stages and
+    is not a training flag (the trainer would refuse an unknown field)."""
+    from train.study import expand, load_spec
+
+    spec = load_spec(study)
+    spec["eval"]["predict"] = {"steps": 12}
+    spec["cells"]["nosca"] = {"sca": False, "eval": {"predict": {"cfg": 0}}}
+    s = expand(spec, tmp_path / "o")
+    for st in s.stages.values():
+        if st.kind == "eval":
+            want = {"steps": 12, "cfg": 0} if "/nosca-" in st.id else {"steps": 12}
+            assert st.config["predict"] == want, st.id
+        if st.kind == "train":
+            assert "eval" not in st.config
+
+
 def test_bad_spec_is_a_one_line_error(tmp_path, capsys):
     from train.sweep import main
 

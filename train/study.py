@@ -13,7 +13,8 @@ Spec (see ``studies/*.yaml`` and docs/STUDIES.md)::
     benches:   {NAME: {from: DATASET, n: 20, args: {...}}}           # iscene-eval make-bench
     vae:       {mix: DATASET, args: {channels: "8,16,32", steps: 1500}}   # iscene-train vae (optional)
     base:      {TrainConfig fields shared by every cell}
-    cells:     {NAME: {field overrides}}     # named ablation cells (default: one cell "base")
+    cells:     {NAME: {field overrides}}     # named ablation cells (default: one cell "base"); a cell's
+                                             # eval: {predict: {cfg: 0}} changes its own sampler only
     grid:      {field: [values]}             # crossed with the cells (e.g. mix: [d@100, d@1000])
     seeds:     [0, 1]
     eval:      {protocol: iscene, predict: {steps: 12}, score: {points: N}, metrics: [iou_b, f_s], dinov2: PATH}
@@ -247,6 +248,7 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
             group = "-".join([cname] + [f"{k}={_safe(v)}" for k, v in combo.items()])
             for seed in seeds:
                 cfg = {**base, **(overrides or {}), **combo, "seed": seed}
+                cell_eval = cfg.pop("eval", None) or {}  # a cell's own sampler settings (eval.predict), not a train flag
                 if smoke:
                     cfg["steps"] = int(sm["steps"])
                     cfg["ckpt_every"] = int(sm["steps"])
@@ -264,7 +266,8 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 train = add(Stage(f"cell/{cell}/train", "train", str(out / "cells" / _safe(cell) / "train"), cfg, deps, cell=cell))
                 evals = []
                 for bname in benches:
-                    econf = {"bench": bname, "protocol": ev.get("protocol", "iscene"), "predict": dict(ev.get("predict") or {}),
+                    econf = {"bench": bname, "protocol": ev.get("protocol", "iscene"),
+                             "predict": {**(ev.get("predict") or {}), **(cell_eval.get("predict") or {})},
                              "dinov2": ev.get("dinov2"), "sca": cfg.get("sca", True)}
                     if ev.get("score"):
                         econf["score"] = dict(ev["score"])
