@@ -156,7 +156,7 @@ def test_expand_graph(study, tmp_path):
 def test_a_cell_can_set_its_own_sampler_without_touching_the_others(study, tmp_path):
     """cells.NAME.eval.predict (e.g. no guidance for one cell) reaches only that cell's eval stages and
     is not a training flag (the trainer would refuse an unknown field)."""
-    from train.study import expand, load_spec
+    from train.study import StudyError, expand, load_spec
 
     spec = load_spec(study)
     spec["eval"]["predict"] = {"steps": 12}
@@ -168,6 +168,9 @@ def test_a_cell_can_set_its_own_sampler_without_touching_the_others(study, tmp_p
             assert st.config["predict"] == want, st.id
         if st.kind == "train":
             assert "eval" not in st.config
+    spec["cells"]["nosca"]["eval"] = {"cfg": 0}  # predict forgotten: refused, not silently ignored
+    with pytest.raises(StudyError, match="cell nosca: eval may only hold predict"):
+        expand(spec, tmp_path / "o")
 
 
 def test_bad_spec_is_a_one_line_error(tmp_path, capsys):

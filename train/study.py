@@ -249,6 +249,8 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
             for seed in seeds:
                 cfg = {**base, **(overrides or {}), **combo, "seed": seed}
                 cell_eval = cfg.pop("eval", None) or {}  # a cell's own sampler settings (eval.predict), not a train flag
+                if not isinstance(cell_eval, dict) or set(cell_eval) - {"predict"}:
+                    raise StudyError(f"cell {cname}: eval may only hold predict (the cell's sampler settings), got {cell_eval!r}")
                 if smoke:
                     cfg["steps"] = int(sm["steps"])
                     cfg["ckpt_every"] = int(sm["steps"])

@@ -276,7 +276,7 @@ def export_weights(train: dict, vae: dict | None, out: Path, sampler: dict | Non
 
 
 def export_tiny_conditioner(train_cfg: dict, out: Path) -> Path | None:
-    """The seeded random tiny DINOv2 a ``model_size: tiny`` run without --dinov2 was conditioned on,
+    """The seeded random tiny DINOv2 a ``model_size: tiny`` or ``nano`` run without --dinov2 was conditioned on,
     saved as a transformers folder so ``iscene-eval predict --dinov2`` feeds the model the same
     features it trained on (it is a pure function of width, crop size and seed)."""
     from train.models import TINY_CONDITIONED, tiny_dinov2

@@ -64,9 +64,9 @@ def _triangles(me) -> np.ndarray:
     return co.reshape(-1, 3)[tri.reshape(-1, 3)]
 
 
-def _fan_ngons(me) -> int:
+def _fan_ngons(me) -> None:
     """Split every polygon of ``me`` with more than four corners into a fan of triangles from its
-    first corner; returns how many were split.
+    first corner.
 
     Why: trimesh's OBJ loader (the catalog's triangles) fans such polygons from their first corner,
     Blender's triangulation picks other diagonals, so a non-planar 16-gon (rabbit.obj) made two
@@ -91,7 +91,6 @@ def _fan_ngons(me) -> int:
         if ngons:
             bm.to_mesh(me)
             me.update()
-        return len(ngons)
     finally:
         bm.free()
 

@@ -17,6 +17,7 @@ The dataset needs a latent cache for the study's VAE, e.g. the first 2 training 
 ``materialize_prefix('studies/ablation-nano/data/nano@2', OUT)`` (train/study_data.py), then
 ``iscene-train cache-latents --mix OUT --space view --encoder studies/ablation-nano/vae/ckpts/ss_enc_conv3d_16l8_fp16``.
 """
+import os
 import sys
 import time
 
@@ -24,6 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from placement import voxel_box  # noqa: E402
+from iscene_core.evaluation.boxes import box_iou  # noqa: E402
 from iscene_core.flow import euler_sample, flow_matching_loss, noisy_sample, velocity_target  # noqa: E402
 from iscene_core.trellis import build_flow, load_model  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
@@ -69,10 +73,6 @@ opt = torch.optim.AdamW(flow.parameters(), lr=lr)
 gen = torch.Generator().manual_seed(1)
 
 
-def box(c):
-    return c.min(0).astype(float), c.max(0).astype(float) + 1
-
-
 def report(step, loss):
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -90,11 +90,9 @@ def report(step, loss):
         if len(p) == 0 or len(truth[i]) == 0:
             ious.append(0.0)
             continue
-        a, b = box(p), box(truth[i])
+        a, b = voxel_box(p), voxel_box(truth[i])
         errs.append(np.linalg.norm((a[0] + a[1]) / 2 - (b[0] + b[1]) / 2))
-        lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
-        inter = np.prod(np.clip(hi - lo, 0, None))
-        ious.append(inter / (np.prod(a[1] - a[0]) + np.prod(b[1] - b[0]) - inter))
+        ious.append(box_iou(a, b))
     print(f"step {step} loss {loss:.3f} gain(t=0.9) {1 - float(lc / lu):.3f} sampled: centre error median "
           f"{np.median(errs) if errs else float('nan'):.1f} vox, voxel-box IoU mean {np.mean(ious):.3f}, empty {K - len(errs)} "
           f"({time.time() - t0:.0f}s)", flush=True)

@@ -17,15 +17,13 @@ import os
 
 import numpy as np
 
+from iscene_core.evaluation.boxes import aabb, box_iou
+
 
 def voxel_box(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return coords.min(0).astype(float), coords.max(0).astype(float) + 1.0
-
-
-def box_iou(a, b) -> float:
-    lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    return inter / (np.prod(a[1] - a[0]) + np.prod(b[1] - b[0]) - inter)
+    """(lo, hi) of the voxels' box: a voxel ``v`` spans ``[v, v + 1)``."""
+    lo, hi = aabb(coords.astype(float))
+    return lo, hi + 1.0
 
 
 def placement(pred: str, gt: str, scenes: list[str] | None = None) -> dict:
