@@ -36,7 +36,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from datagen import physics
-from datagen.cameras import CameraConfig, sample_cameras
+from datagen.cameras import RANK_POINTS, CameraConfig, sample_cameras
 from datagen.settle import Body, SettleConfig, SettleError, settle_scene
 from datagen.errors import SceneFailure
 from datagen.ids import scene_id, scene_rng, scene_seed
@@ -245,12 +245,17 @@ class Placed:
             self._world_samples = self.world(self.asset.samples)
         return self._world_samples
 
+    def sparse_world_samples(self, at_most: int) -> np.ndarray:
+        """Every k-th surface sample in the world, at most ``at_most`` of them (only those are moved)."""
+        if self._world_samples is not None:
+            return self._world_samples[::max(1, -(-len(self._world_samples) // at_most))]
+        return self.world(self.asset.samples[::max(1, -(-len(self.asset.samples) // at_most))])
+
     @property
     def surface_points(self) -> cKDTree:
         """A k-d tree of (at most SURFACE_POINTS of) its surface samples in the world."""
         if self._points is None:
-            pts = self.world_samples
-            self._points = cKDTree(pts[::max(1, -(-len(pts) // SURFACE_POINTS))])
+            self._points = cKDTree(self.sparse_world_samples(SURFACE_POINTS))
         return self._points
 
     def world(self, local: np.ndarray) -> np.ndarray:
@@ -260,10 +265,16 @@ class Placed:
         return (world_xy - self.t[:2]) @ self.rot[:2, :2]  # inverse rotation (row vectors)
 
 
+def _box_points(asset: physics.SizedAsset) -> np.ndarray:
+    """Points with the mesh's bounding box in any rotation: its convex hull's vertices (every
+    extreme of the mesh along an axis is one), a few hundred instead of up to 100k vertices."""
+    return asset.mesh.vertices if asset.hull is None else asset.hull
+
+
 def _place(record, asset: physics.SizedAsset, rotation, t: np.ndarray, support: int) -> Placed:
     """``rotation``: a yaw (radians) or a 3x3 matrix."""
     rot = physics.rotz(rotation) if np.ndim(rotation) == 0 else np.asarray(rotation, dtype=np.float64)
-    v = asset.mesh.vertices @ rot.T + t
+    v = _box_points(asset) @ rot.T + t
     return Placed(record, asset, rot, np.asarray(t, float), support, physics.posed(asset, rot, t),
                   np.stack([v.min(axis=0), v.max(axis=0)]))
 
@@ -297,26 +308,52 @@ def _support_heights(anchor: Placed, lib: AssetLibrary):
     The estimate reads the ray-cast height map (fast, for choosing a spot and a first drop height);
     the exact one casts a ray down onto the anchor's mesh for each point (for the stability rule).
     """
-    hm = lib.heights(anchor.record.uid, anchor.asset.pose).scaled(anchor.asset.size)
-    mesh = anchor.asset.mesh
+    size = anchor.asset.size
+    hm = lib.heights(anchor.record.uid, anchor.asset.pose).scaled(size)
+    # rays are cast on the unit-size posed mesh (the sized one is it times ``size``): its ray
+    # intersector (an embree scene) is built once per asset and pose, not once per size level
+    unit = lib.posed(anchor.record.uid, anchor.asset.pose)[0]
 
     def estimate(world_xy: np.ndarray) -> np.ndarray:
         return hm.lookup(anchor.local_xy(world_xy)) + anchor.t[2]
 
     def exact(world_xy: np.ndarray) -> np.ndarray:
-        local = anchor.local_xy(world_xy)
-        origins = np.column_stack([local, np.full(len(local), mesh.bounds[1, 2] + 1.0)])
-        loc, idx, _ = mesh.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(local), 1)), multiple_hits=False)
+        local = anchor.local_xy(world_xy) / size
+        origins = np.column_stack([local, np.full(len(local), unit.bounds[1, 2] + 1.0)])
+        loc, idx, _ = unit.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(local), 1)), multiple_hits=False)
         h = np.full(len(local), -np.inf)
         if len(idx):  # no hit at all: trimesh returns an empty 1-D array, not (0, 3)
-            np.maximum.at(h, np.asarray(idx), np.asarray(loc).reshape(-1, 3)[:, 2])
+            np.maximum.at(h, np.asarray(idx), np.asarray(loc).reshape(-1, 3)[:, 2] * size)
         return h + anchor.t[2]
 
     return estimate, exact, hm
 
 
-def _stable(p: Placed, heights_at) -> bool:
-    return physics.is_stable(p.world_samples, p.world(p.asset.com[None])[0], heights_at)
+def _stable(p: Placed, heights_at, lift: bool = False) -> bool:
+    """``physics.is_stable`` on the instance's surface samples. Only samples within its lowest
+    ``physics.LOW_BAND`` can touch; while its rotation is a yaw (placement: it keeps z) they are
+    found in the local frame, so only they are moved to the world, not all of them.
+
+    ``lift``: judge it moved up or down until its samples just clear the support (no gap below
+    zero). The verdict reads the points within a band of the smallest gap, which a vertical move
+    does not change once no point is below the support: so an estimated height gives the verdict of
+    the exact one, before the exact drop pays for BVHs.
+    """
+    if p._world_samples is None and np.array_equal(p.rot[2], [0.0, 0.0, 1.0]):
+        z = p.asset.samples[:, 2]
+        points = p.world(p.asset.samples[z <= z.min() + physics.LOW_BAND])
+    else:
+        points = p.world_samples
+    com = p.world(p.asset.com[None])[0]
+    if lift:
+        low = points[points[:, 2] <= points[:, 2].min() + physics.LOW_BAND]
+        gap = low[:, 2] - heights_at(low[:, :2])
+        gap = gap[np.isfinite(gap)]
+        if len(gap) == 0:
+            return False
+        shift = np.array([0.0, 0.0, -float(gap.min())])
+        points, com = points + shift, com + shift
+    return physics.is_stable(points, com, heights_at)
 
 
 def _pick_size(rng, levels: np.ndarray, lo: float, hi: float) -> float | None:
@@ -377,7 +414,7 @@ class SceneSampler:
         size = _pick_size(self.rng, SIZE_LEVELS, *self.cfg.floor_size)
         asset = self.lib.sized(rec.uid, size, pose)
         yaw = self.rng.uniform(0, 2 * np.pi)
-        v = asset.mesh.vertices @ physics.rotz(yaw).T
+        v = _box_points(asset) @ physics.rotz(yaw).T
         vlo, vhi = v.min(axis=0), v.max(axis=0)
         gap = self.rng.uniform(*self.cfg.floor_gap)
         a_lo, a_hi = anchor.aabb
@@ -421,6 +458,9 @@ class SceneSampler:
         if under.sum() < 3:
             return None
         z0 = float(np.max(h[under] - local[under, 2]))
+        t[2] = z0
+        if not _stable(_place(rec, asset, yaw, t, anchor_idx), exact_heights, lift=True):
+            return None  # would not stand there (a third of the drops, measured): skip the exact drop
         z = self._drop_onto(asset, yaw, t[:2], anchor, z0)
         if z is None or z < MIN_HEIGHT_ON_TOP:
             return None
@@ -533,7 +573,8 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
                 continue
         meshes = [trimesh.Trimesh(p.world(p.asset.mesh.vertices), p.asset.mesh.faces, process=False) for p in s.placed]
         aabbs = np.stack([p.aabb for p in s.placed])
-        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.world_samples for p in s.placed],
+        # the ranking of viewpoints reads every k-th sample (cameras.rank_points): move only those
+        cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.sparse_world_samples(RANK_POINTS) for p in s.placed],
                                  hull_points=np.concatenate([p.world(p.asset.hull) for p in s.placed]))
         if len(cameras) < cfg.views_per_scene:
             reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")

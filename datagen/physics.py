@@ -27,6 +27,7 @@ from scipy.spatial import ConvexHull
 SUPPORT_GAP_MAX = 0.005  # metres: an instance rests within (0, 5 mm] of its support
 CONTACT_BAND = 0.005  # points this close above the support form the contact region
 STABILITY_MARGIN = 0.002  # metres the centre of mass must lie inside the contact hull
+LOW_BAND = 0.02  # metres: only surface points this close to an instance's lowest can touch its support
 BOUND_MARGIN = 1e-4  # metres added to a bounding-solid distance: GJK's distance converges from above
 BOUND_DIRECTIONS = 64  # face normals of the bounding polytope (plus the 6 axis directions)
 
@@ -207,7 +208,7 @@ def is_stable(world_points: np.ndarray, com_world: np.ndarray, support_height_at
     distance, so this region is a subset of the one defined by distances, and with the margin the
     test errs on the side of rejecting.
     """
-    low = world_points[world_points[:, 2] <= world_points[:, 2].min() + 0.02]  # only these can touch
+    low = world_points[world_points[:, 2] <= world_points[:, 2].min() + LOW_BAND]  # only these can touch
     h = support_height_at(low[:, :2])
     gap = low[:, 2] - h
     ok = np.isfinite(h) & (gap >= -1e-6)

@@ -57,8 +57,9 @@ def _run(records, n: int, seed: int, **cfg) -> np.ndarray:
 @pytest.mark.slow
 def test_default_framing_on_real_meshes_fills_a_quarter_and_drops_no_view(shared_assets, tmp_path):
     records = [r for r in load_manifest(build_catalog("dir", tmp_path / "cat", inputs=shared_assets, progress=False)) if r.faces <= 20000]
-    rows = _run(records, 8, 2)
-    assert len(rows) >= 12
+    # 24 scenes, 48 views: the median of 16 views moved by +-0.03 from one seed to the next
+    rows = np.concatenate([_run(records, 8, seed) for seed in (2, 3, 4)])
+    assert len(rows) >= 36
     assert np.median(rows[:, 0]) >= 0.25, np.round(rows[:, 0], 3)
     assert rows[:, 1].min() >= MIN_PIXELS_AT_RES  # no view would be dropped for a too small instance
 

@@ -162,3 +162,36 @@ def test_every_shared_asset_appears_in_200_scenes_or_is_excluded_with_reason(sha
     assert used >= 0.9 * len(usage), {r["path"]: r["excluded"] for r in usage.values() if r["scenes"] == 0}
     names = {Path(r["path"]).name for r in usage.values() if r["scenes"] > 0}
     assert {"bunny.ply", "monkey.glb", "SheenCloth.glb", "fuze.obj"} <= names  # never placed before stable poses
+
+
+def test_stability_pre_check_at_the_estimated_height_gives_the_exact_heights_verdict(shared_source, monkeypatch):
+    """An on-top proposal is judged stable at its estimated height (lifted until its samples clear
+    the support) before the exact drop builds BVHs; that verdict must be the one the exact height
+    gets wherever it skips one. Here the pre-check only records, every proposal goes on, and the two verdicts are compared."""
+    from datagen import layout as L
+
+    real, pairs, pre = L._stable, [], []
+
+    def spy(p, heights_at, lift=False):
+        verdict = real(p, heights_at, lift)
+        if lift:
+            pre[:] = [verdict]
+            return True
+        if p.support and pre:
+            pairs.append((pre.pop(), verdict))
+        return verdict
+
+    monkeypatch.setattr(L, "_stable", spy)
+    lib = shared_source.library
+    cfg = LayoutConfig(min_instances=6, max_instances=6)
+    for i in range(12):
+        pre.clear()
+        try:
+            L.sample_scene(lib, cfg, 7, i)
+        except SceneFailure:
+            pass
+    assert len(pairs) >= 8 and any(not b for _, b in pairs), pairs  # both verdicts occur
+    # a proposal the pre-check skips would never have stood (skipping it changes no outcome);
+    # one it lets through may still fall at the exact check, which stays
+    assert not any(b and not a for a, b in pairs), pairs
+    assert sum(a == b for a, b in pairs) >= 0.8 * len(pairs), pairs
