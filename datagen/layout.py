@@ -341,19 +341,19 @@ def _stable(p: Placed, heights_at, lift: bool = False) -> bool:
     """
     if p._world_samples is None and np.array_equal(p.rot[2], [0.0, 0.0, 1.0]):
         z = p.asset.samples[:, 2]
-        points = p.world(p.asset.samples[z <= z.min() + physics.LOW_BAND])
+        low = p.world(p.asset.samples[z <= z.min() + physics.LOW_BAND])
     else:
-        points = p.world_samples
+        w = p.world_samples
+        low = w[w[:, 2] <= w[:, 2].min() + physics.LOW_BAND]
     com = p.world(p.asset.com[None])[0]
     if lift:
-        low = points[points[:, 2] <= points[:, 2].min() + physics.LOW_BAND]
         gap = low[:, 2] - heights_at(low[:, :2])
         gap = gap[np.isfinite(gap)]
         if len(gap) == 0:
             return False
         shift = np.array([0.0, 0.0, -float(gap.min())])
-        points, com = points + shift, com + shift
-    return physics.is_stable(points, com, heights_at)
+        low, com = low + shift, com + shift
+    return physics.is_stable(low, com, heights_at)  # it selects the same low band again: a no-op here
 
 
 def _pick_size(rng, levels: np.ndarray, lo: float, hi: float) -> float | None:
