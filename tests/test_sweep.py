@@ -451,6 +451,42 @@ def test_a_stage_started_with_other_inputs_restarts_instead_of_resuming(tmp_path
     assert tmp_path.parent.is_dir()
 
 
+def test_a_train_stage_given_more_steps_continues_its_run(tmp_path):
+    """Raising a cell's ``steps`` continues its trainer (exact: tests/test_trainer.py resumes 4 -> 8 steps);
+    any other change, different inputs, or fewer steps start the run afresh."""
+    import json
+
+    from train.study import Stage, config_hash
+    from train.study_run import RunContext, restart_if_inputs_changed
+
+    ctx = RunContext(out=str(tmp_path))
+    out = tmp_path / "cells" / "x" / "train"
+
+    def started(steps: int, deps: list[str]) -> Stage:
+        st = Stage("cell/x/train", "train", str(out), {"steps": steps, "lr": 0.001})
+        restart_if_inputs_changed(st, config_hash("train", st.config, deps), ctx, deps)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"steps": steps, "lr": 0.001}))
+        (out / "ckpt").mkdir(exist_ok=True)
+        return st
+
+    started(4, ["vae1"])
+    longer = Stage("cell/x/train", "train", str(out), {"steps": 6, "lr": 0.001})
+    restart_if_inputs_changed(longer, config_hash("train", longer.config, ["vae1"]), ctx, ["vae1"])
+    assert (out / "ckpt").is_dir()  # continued
+    for other, deps in (({"steps": 8, "lr": 0.002}, ["vae1"]),   # another learning rate
+                        ({"steps": 8, "lr": 0.001}, ["vae2"]),   # another VAE (same folder path, other weights)
+                        ({"steps": 3, "lr": 0.001}, ["vae1"])):  # fewer steps
+        started(4, ["vae1"])
+        st = Stage("cell/x/train", "train", str(out), other)
+        restart_if_inputs_changed(st, config_hash("train", other, deps), ctx, deps)
+        assert not out.exists(), other
+    started(4, ["vae1"])
+    vae = Stage("cell/x/train", "vae", str(out), {"steps": 6})  # the VAE's cosine schedule depends on the total
+    restart_if_inputs_changed(vae, config_hash("vae", vae.config, ["vae1"]), ctx, ["vae1"])
+    assert not out.exists()
+
+
 def test_reuse_adopts_identical_stages_of_another_study(tmp_path):
     """Two studies sharing data and a cell: the second adopts what the first finished and runs only the rest."""
     from train.sweep import run_study

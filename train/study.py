@@ -101,10 +101,15 @@ def stage_hash(stage: Stage, stages: dict[str, Stage], _memo: dict | None = None
     memo = {} if _memo is None else _memo
     if stage.id in memo:
         return memo[stage.id]
-    payload = {"kind": stage.kind, "config": stage.config, "deps": [stage_hash(stages[d], stages, memo) for d in stage.deps]}
-    h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    h = config_hash(stage.kind, stage.config, [stage_hash(stages[d], stages, memo) for d in stage.deps])
     memo[stage.id] = h
     return h
+
+
+def config_hash(kind: str, config: dict, dep_hashes: list[str]) -> str:
+    """The hash of a stage made of these parts (``stage_hash`` with its inputs' hashes given)."""
+    payload = {"kind": kind, "config": config, "deps": list(dep_hashes)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _safe(s: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from iscene_core.shards import write_bytes_atomic, write_json_atomic
-from train.study import Stage, Study, stage_hash
+from train.study import Stage, Study, config_hash, stage_hash
 
 Runner = Callable[[Stage, dict, "RunContext"], dict]
 
@@ -63,9 +63,30 @@ def read_done(out: str | Path, stage: Stage, h: str) -> dict | None:
 RESUME_IN_PLACE = ("vae", "train", "eval", "baseline")
 
 
-def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext) -> None:
+def extends_earlier_run(stage: Stage, before: str, dep_hashes: list[str] | None) -> bool:
+    """True when a train stage's folder holds the same run with fewer ``steps`` (all else, inputs
+    included, equal): the trainer then continues it instead of starting over.
+
+    Exact because the learning rate after warm-up does not depend on the total step count
+    (``trainer.lr_at``) and resume restores weights, optimizer, EMA, random streams and data position:
+    a run trained to N steps and resumed to M is the run trained to M (tests/test_trainer.py,
+    ``test_kill_and_resume_reaches_the_same_weights`` resumes a 4-step run to 8)."""
+    if stage.kind != "train" or dep_hashes is None or not isinstance(stage.config.get("steps"), int):
+        return False
+    try:
+        earlier = int(json.loads((Path(stage.out) / "config.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if earlier > stage.config["steps"]:
+        return False  # a shorter run is a prefix of the checkpoints, not a continuation: start afresh
+    return config_hash(stage.kind, {**stage.config, "steps": earlier}, dep_hashes) == before
+
+
+def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext, dep_hashes: list[str] | None = None) -> None:
     """Clear a resume-in-place stage's folder when it was started with other inputs (hash), then
-    mark it started with this hash. A sweep killed mid-stage continues; one whose spec changed restarts."""
+    mark it started with this hash. A sweep killed mid-stage continues; one whose spec changed
+    restarts, except a train stage whose only change is more ``steps``, which continues
+    (:func:`extends_earlier_run`). ``dep_hashes``: the hashes of the stage's inputs, in ``deps`` order."""
     if stage.kind not in RESUME_IN_PLACE:
         return
     marker = record_path(ctx.out, stage.id).with_suffix(".started")
@@ -74,7 +95,8 @@ def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext) -> None:
     except OSError:
         before = None
     inside = Path(stage.out).resolve().is_relative_to(Path(ctx.out).resolve())
-    if before is not None and before != h and inside and Path(stage.out).is_dir():
+    if (before is not None and before != h and inside and Path(stage.out).is_dir()
+            and not extends_earlier_run(stage, before, dep_hashes)):
         shutil.rmtree(stage.out)
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(marker, h.encode())
@@ -120,7 +142,7 @@ def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_rec
     if bad:
         return {"id": stage.id, "status": "blocked", "error": "needs " + ", ".join(f"{d} ({s})" for d, s in bad.items()),
                 "cell": stage.cell}
-    restart_if_inputs_changed(stage, h, ctx)
+    restart_if_inputs_changed(stage, h, ctx, [dep_records[d].get("hash") for d in stage.deps])
     log = ctx.log_path(stage)
     t0 = time.time()
     try:
