@@ -137,9 +137,10 @@ def _masked_mad(a: dict, b: dict) -> tuple[float, float]:
 
 @pytest.mark.blender
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["WickerChair.glb", "fuze.obj"])
+@pytest.mark.parametrize("name", ["WickerChair.glb", "fuze.obj", "CesiumMilkTruck.glb"])
 def test_authored_render_matches_blenders_own_import(name):
-    """WickerChair: base colour with alpha, normal and ORM maps; fuze: a textured OBJ + MTL."""
+    """WickerChair: base colour with alpha, normal and ORM maps; fuze: a textured OBJ + MTL;
+    CesiumMilkTruck: a node hierarchy with animated wheels (Blender's import shows frame 1)."""
     from datagen.render import blender_scene as B
 
     spec = _spec(_asset(name))
@@ -160,13 +161,35 @@ def test_authored_render_matches_blenders_own_import(name):
 
 
 @pytest.mark.blender
-def test_geometry_mismatch_falls_back_with_reason_and_still_renders():
-    """Fox.glb is skinned: Blender poses it (and adds bone shapes), the catalog keeps the bind pose."""
+@pytest.mark.parametrize("name", ["Fox.glb", "CesiumMilkTruck.glb"])
+def test_skinned_and_animated_files_keep_their_materials(name):
+    """Fox.glb is skinned (Blender posed it into another shape and added a bone-shape icosphere),
+    CesiumMilkTruck's wheels are animated (at frame 1 they had turned): both fell back to the simple
+    material. Baked at their rest geometry, the catalog's, they render as authored, textures loaded."""
+    import bpy
+
     from datagen.render import blender_scene as B
 
-    spec = _spec(_asset("Fox.glb"), size=64)
+    spec = _spec(_asset(name), size=64)
+    frame = bpy.context.scene.frame_current
+    assert B.build_scene(spec, {**SETTINGS, "samples": 2, "materials": "authored"}) == ["authored"]
+    assert bpy.context.scene.frame_current == frame  # the bake does not move the scene's frame
+    images = [n.image for ob in bpy.data.objects if ob.name.startswith("inst_") for m in ob.data.materials if m and m.node_tree
+              for n in m.node_tree.nodes if n.type == "TEX_IMAGE" and n.image is not None]
+    assert images and all(tuple(im.size) != (0, 0) for im in images)
+    out = B.render_view(spec["cameras"][0], 0)
+    assert (out["inst"] == 1).sum() > 50
+
+
+@pytest.mark.blender
+def test_geometry_mismatch_falls_back_with_reason_and_still_renders():
+    """DenseSphere.glb's quantised positions: trimesh reads them unscaled, so the catalog's bounds
+    are 32767x Blender's. Another surface: the simple material, with the reason."""
+    from datagen.render import blender_scene as B
+
+    spec = _spec(_asset("DenseSphere.glb"), size=64)
     statuses = B.build_scene(spec, {**SETTINGS, "samples": 2, "materials": "authored"})
-    assert len(statuses) == 1 and statuses[0].startswith("fallback: geometry differs:"), statuses
+    assert len(statuses) == 1 and statuses[0].startswith("fallback: geometry differs: bounds"), statuses
     out = B.render_view(spec["cameras"][0], 0)
     assert (out["inst"] == 1).sum() > 50  # drawn with the catalog's triangles and the simple material
     with pytest.raises(ValueError, match="materials must be one of"):

@@ -46,11 +46,12 @@ def _created_since(before: dict[str, set[int]]) -> list:
 
 
 def _run_importer(path: str, ext: str) -> None:
-    """Blender's own importer with its defaults (except OBJ axes: keep the file's frame)."""
+    """Blender's own importer with its defaults, except: OBJ axes keep the file's frame, and glTF
+    armatures get no bone-shape meshes (an icosphere per skin that is part of no surface)."""
     if ext == ".obj":
         res = bpy.ops.wm.obj_import(filepath=path, forward_axis="Y", up_axis="Z")
     else:
-        res = bpy.ops.import_scene.gltf(filepath=path)
+        res = bpy.ops.import_scene.gltf(filepath=path, disable_bone_shape=True)
     if "FINISHED" not in res:
         raise RuntimeError(f"importer returned {sorted(res)}")
 
@@ -98,8 +99,12 @@ def _fan_ngons(me) -> None:
 def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
     """Import ``path``; returns (meshes baked into the file frame, everything else the import made).
 
-    Modifiers (an armature's pose) are applied, as Blender would render them; mesh objects the
-    importer hid from render are skipped.
+    The bake is the file's rest geometry, the one the catalog (trimesh) reads: skinned meshes keep
+    their stored vertices (the armature modifier is dropped; trimesh does not skin, and Blender's
+    pose of Fox.glb is a different shape) and animated nodes are evaluated at the glTF time 0, which
+    the importer puts at frame 0 (at the scene's default frame 1 CesiumMilkTruck's wheels had turned
+    by a 24th of a second). Other modifiers are applied; mesh objects hidden from render are skipped.
+    The geometry check still decides whether the result is used.
     """
     sc = bpy.context.scene
     vl = bpy.context.view_layer
@@ -109,6 +114,7 @@ def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
     saved_active = vl.active_layer_collection
     vl.active_layer_collection = vl.layer_collection.children[coll.name]
     baked: list = []
+    saved_frame = sc.frame_current
     try:
         _run_importer(path, ext)
         created = [b for b in _created_since(before) if isinstance(b, bpy.types.Object)]
@@ -121,7 +127,11 @@ def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
                 tri.quad_method = "FIXED"
                 tri.ngon_method = "BEAUTY"
                 tri.min_vertices = 4
+            if ob.type == "MESH":
+                for mod in [m for m in ob.modifiers if m.type == "ARMATURE"]:
+                    ob.modifiers.remove(mod)
         to_file = _GLTF_TO_FILE if ext in (".glb", ".gltf") else mathutils.Matrix.Identity(4)
+        sc.frame_set(0)
         dg = bpy.context.evaluated_depsgraph_get()
         for ob in list(coll.all_objects):
             if ob.type != "MESH" or ob.hide_render:
@@ -135,6 +145,7 @@ def _import_baked(path: str, key: str, ext: str) -> tuple[list, list]:
                 me.flip_normals()
             me.update()
     finally:
+        sc.frame_set(saved_frame)
         vl.active_layer_collection = saved_active
         keep = {m.as_pointer() for m in baked}
         leftovers = [b for b in _created_since(before) if b.as_pointer() not in keep]
