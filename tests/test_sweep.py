@@ -161,10 +161,14 @@ def test_a_cell_can_set_its_own_sampler_without_touching_the_others(study, tmp_p
     spec = load_spec(study)
     spec["eval"]["predict"] = {"steps": 12}
     spec["cells"]["nosca"] = {"sca": False, "eval": {"predict": {"cfg": 0}}}
+    spec["baselines"] = {"untrained": {"cell": "nosca"}, "mean-box": {"from": "d"}}
     s = expand(spec, tmp_path / "o")
     for st in s.stages.values():
         if st.kind == "eval":
             want = {"steps": 12, "cfg": 0} if "/nosca-" in st.id else {"steps": 12}
+            assert st.config["predict"] == want, st.id
+        if st.kind == "baseline":  # the untrained floor is sampled as its cell is
+            want = {"steps": 12, "cfg": 0} if "/untrained/" in st.id else {"steps": 12}
             assert st.config["predict"] == want, st.id
         if st.kind == "train":
             assert "eval" not in st.config

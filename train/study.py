@@ -285,7 +285,8 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                     evals.append(add(Stage(f"cell/{cell}/eval/{bname}", "eval", str(out / "cells" / _safe(cell) / "eval" / _safe(bname)),
                                            econf, edeps, cell=cell)).id)
                 cells[cell] = {"group": group, "seed": seed, "train": train.id, "evals": evals,
-                               "factors": {"cell": cname, **{k: str(v) for k, v in combo.items()}}}
+                               "factors": {"cell": cname, **{k: str(v) for k, v in combo.items()}},
+                               "predict": {**(ev.get("predict") or {}), **(cell_eval.get("predict") or {})}}
                 probe_cfg = ev.get("probe", {"batches": 4})
                 if probe_cfg:  # how much the trained flow uses its image (iscene-train probe)
                     pc = {"batches": 4, **(probe_cfg if isinstance(probe_cfg, dict) else {})}
@@ -310,11 +311,13 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 raise StudyError(f"baseline {bname_!r}: cell {b.get('cell', 'full')!r} is not in cells")
             tcfg = {k: v for k, v in stages[ref["train"]].config.items()}
             cfg_b["train_config"] = tcfg
+            cfg_b["predict"] = dict(ref["predict"])  # the cell's own sampler: the floor is sampled as the cell is
             deps_b += [d for d in stages[ref["train"]].deps if d == vae_id or d.startswith("data/")]
         evals = []
         for bench_name in benches:
             econf = {"bench": bench_name, "protocol": ev.get("protocol", "iscene"), "predict": dict(ev.get("predict") or {}),
                      "dinov2": ev.get("dinov2"), "sca": cfg_b.get("train_config", {}).get("sca", True), **cfg_b}
+            econf["predict"] = dict(econf["predict"])  # smoke shrinks it below: never the cell's own dict
             if ev.get("score"):
                 econf["score"] = dict(ev["score"])
             if smoke:
