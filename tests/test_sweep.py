@@ -461,7 +461,7 @@ def test_a_train_stage_given_more_steps_continues_its_run(tmp_path):
     import json
 
     from train.study import Stage, config_hash
-    from train.study_run import RunContext, restart_if_inputs_changed
+    from train.study_run import RunContext, record_path, restart_if_inputs_changed
 
     ctx = RunContext(out=str(tmp_path))
     out = tmp_path / "cells" / "x" / "train"
@@ -474,10 +474,15 @@ def test_a_train_stage_given_more_steps_continues_its_run(tmp_path):
         (out / "ckpt").mkdir(exist_ok=True)
         return st
 
-    started(4, ["vae1"])
+    four = started(4, ["vae1"])
+    h4 = config_hash("train", four.config, ["vae1"])
+    record_path(tmp_path, four.id).write_text(json.dumps({"hash": h4, "status": "ok", "seconds": 10.0}))  # it finished
     longer = Stage("cell/x/train", "train", str(out), {"steps": 6, "lr": 0.001})
-    restart_if_inputs_changed(longer, config_hash("train", longer.config, ["vae1"]), ctx, ["vae1"])
+    h6 = config_hash("train", longer.config, ["vae1"])
+    restart_if_inputs_changed(longer, h6, ctx, ["vae1"])
     assert (out / "ckpt").is_dir()  # continued
+    # and the continued run's record will count the 4-step run's 10 s (the report sums both)
+    assert json.loads(record_path(tmp_path, four.id).with_suffix(".earlier.json").read_text()) == {"for_hash": h6, "seconds": 10.0}
     for other, deps in (({"steps": 8, "lr": 0.002}, ["vae1"]),   # another learning rate
                         ({"steps": 8, "lr": 0.001}, ["vae2"]),   # another VAE (same folder path, other weights)
                         ({"steps": 3, "lr": 0.001}, ["vae1"])):  # fewer steps

@@ -82,6 +82,22 @@ def extends_earlier_run(stage: Stage, before: str, dep_hashes: list[str] | None)
     return config_hash(stage.kind, {**stage.config, "steps": earlier}, dep_hashes) == before
 
 
+def _earlier_path(out: str | Path, stage_id: str) -> Path:
+    return record_path(out, stage_id).with_suffix(".earlier.json")
+
+
+def _carry_earlier_seconds(out: str | Path, stage_id: str, before: str, h: str) -> None:
+    """A continued run's cost includes the run it continues: keep the finished earlier record's
+    seconds (and what it carried itself) for the record of hash ``h`` (read by ``execute_stage``)."""
+    try:
+        old = json.loads(record_path(out, stage_id).read_text())
+    except (OSError, ValueError):
+        return
+    if old.get("hash") == before and old.get("status") == "ok":
+        earlier = float(old.get("seconds") or 0) + float(old.get("seconds_earlier") or 0)
+        write_json_atomic(_earlier_path(out, stage_id), {"for_hash": h, "seconds": earlier})
+
+
 def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext, dep_hashes: list[str] | None = None) -> None:
     """Clear a resume-in-place stage's folder when it was started with other inputs (hash), then
     mark it started with this hash. A sweep killed mid-stage continues; one whose spec changed
@@ -95,9 +111,11 @@ def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext, dep_hashes:
     except OSError:
         before = None
     inside = Path(stage.out).resolve().is_relative_to(Path(ctx.out).resolve())
-    if (before is not None and before != h and inside and Path(stage.out).is_dir()
-            and not extends_earlier_run(stage, before, dep_hashes)):
-        shutil.rmtree(stage.out)
+    if before is not None and before != h and inside and Path(stage.out).is_dir():
+        if extends_earlier_run(stage, before, dep_hashes):
+            _carry_earlier_seconds(ctx.out, stage.id, before, h)
+        else:
+            shutil.rmtree(stage.out)
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(marker, h.encode())
 
@@ -155,6 +173,12 @@ def execute_stage(stage: Stage, h: str, runner: Runner, ctx: RunContext, dep_rec
     rec = {"id": stage.id, "kind": stage.kind, "hash": h, "status": "ok", "result": result, "cell": stage.cell,
            "seconds": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "log": str(log),
            "config": stage.config}
+    try:  # a run that continued an earlier one (more steps) also cost that one's time
+        earlier = json.loads(_earlier_path(ctx.out, stage.id).read_text())
+        if earlier.get("for_hash") == h:
+            rec["seconds_earlier"] = float(earlier["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     path = record_path(ctx.out, stage.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, rec)
