@@ -348,8 +348,9 @@ def test_prefix_dataset_holds_the_first_samples(small_dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.blender
 def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
-    """studies/ablation-nano.yaml --smoke with two of its cells: catalogs, datagen, prefix, benches,
-    VAE, training and iscene-eval predict + score all run for real (~10-20 min on a loaded 2-core CPU)."""
+    """studies/ablation-nano.yaml --smoke with two of its cells (the learns-task cell, which the
+    untrained baseline refers to, and no-sca): catalogs, datagen, prefix, benches, VAE, training,
+    baselines and iscene-eval predict + score all run for real (~10-20 min on a loaded 2-core CPU)."""
     import yaml
 
     from train.sweep import run_study
@@ -357,7 +358,7 @@ def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("ISCENE_CACHE", str(tmp_path / "cache"))
     spec = yaml.safe_load((REPO / "studies" / "ablation-nano.yaml").read_text())
-    spec["cells"] = {k: spec["cells"][k] for k in ("full", "no-sca")}
+    spec["cells"] = {k: spec["cells"][k] for k in ("full-long", "no-sca")}
     study = tmp_path / "nano.yaml"
     study.write_text(yaml.safe_dump(spec))
     res = run_study(study, tmp_path / "out", executor="local", smoke=True)
@@ -365,14 +366,15 @@ def test_smoke_of_the_nano_recipe_runs_the_real_chain(tmp_path, monkeypatch):
     assert not bad, bad
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     groups = {g["group"]: g for g in doc["groups"]}
-    for g in ("full", "no-sca"):
+    for g in ("full-long", "no-sca"):
         for bench in ("ood-rand", "train-fit"):
             m = groups[g]["metrics"][f"{bench}/iou_b"]["mean"]
             assert 0.0 <= m <= 1.0
         assert -1.0 <= groups[g]["image_gain"] <= 1.0  # the real probe ran on the cell's checkpoint
     assert doc["vae"]["held_out_iou"] >= 0.0
     report = (tmp_path / "out" / "REPORT.md").read_text()
-    assert "smoke run" in report and "| full |" in report and "| no-sca |" in report and "image gain" in report
+    assert "smoke run" in report and "| full-long |" in report and "| no-sca |" in report and "image gain" in report
+    assert "| baseline: untrained |" in report and doc["learns_task"]["verdict"] in ("passes", "fails")
 
 
 def test_each_cell_is_probed_and_its_image_gain_is_in_the_report(tmp_path):
