@@ -256,6 +256,7 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 cell_eval = cfg.pop("eval", None) or {}  # a cell's own sampler settings (eval.predict), not a train flag
                 if not isinstance(cell_eval, dict) or set(cell_eval) - {"predict"}:
                     raise StudyError(f"cell {cname}: eval may only hold predict (the cell's sampler settings), got {cell_eval!r}")
+                cell_predict = {**(ev.get("predict") or {}), **(cell_eval.get("predict") or {})}
                 if smoke:
                     cfg["steps"] = int(sm["steps"])
                     cfg["ckpt_every"] = int(sm["steps"])
@@ -274,7 +275,7 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                 evals = []
                 for bname in benches:
                     econf = {"bench": bname, "protocol": ev.get("protocol", "iscene"),
-                             "predict": {**(ev.get("predict") or {}), **(cell_eval.get("predict") or {})},
+                             "predict": dict(cell_predict),
                              "dinov2": ev.get("dinov2"), "sca": cfg.get("sca", True)}
                     if ev.get("score"):
                         econf["score"] = dict(ev["score"])
@@ -286,7 +287,7 @@ def expand(spec: dict, out: str | Path, smoke: bool = False) -> Study:
                                            econf, edeps, cell=cell)).id)
                 cells[cell] = {"group": group, "seed": seed, "train": train.id, "evals": evals,
                                "factors": {"cell": cname, **{k: str(v) for k, v in combo.items()}},
-                               "predict": {**(ev.get("predict") or {}), **(cell_eval.get("predict") or {})}}
+                               "predict": cell_predict}
                 probe_cfg = ev.get("probe", {"batches": 4})
                 if probe_cfg:  # how much the trained flow uses its image (iscene-train probe)
                     pc = {"batches": 4, **(probe_cfg if isinstance(probe_cfg, dict) else {})}

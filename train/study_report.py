@@ -22,6 +22,7 @@ import numpy as np
 
 from iscene_core.shards import write_bytes_atomic, write_json_atomic
 from train.study import Study
+from train.study_run import record_seconds
 
 DEFAULT_METRICS = ("iou_b", "f_s", "cd_s", "f_o", "cd_o")
 HIGHER_IS_BETTER = {"iou_b", "f_s", "f_o", "voxel_iou"}
@@ -268,7 +269,7 @@ def _seconds_by_kind(study: Study, records: dict) -> dict:
     for sid, r in records.items():
         if r.get("status") in ("ok", "cached", "failed") and sid in study.stages:
             k = study.stages[sid].kind
-            out[k] = out.get(k, 0.0) + float(r.get("seconds") or 0) + float(r.get("seconds_earlier") or 0)
+            out[k] = out.get(k, 0.0) + record_seconds(r)
     return out
 
 
@@ -301,8 +302,7 @@ def write_report(study: Study, records: dict, wall_s: float) -> dict:
     for r in records.values():
         stage_counts[r["status"]] = stage_counts.get(r["status"], 0) + 1
     stage_seconds = sum(float(r.get("seconds") or 0) for r in records.values() if r["status"] in ("ok", "failed"))
-    stage_seconds_all = sum(float(r.get("seconds") or 0) + float(r.get("seconds_earlier") or 0)  # incl. runs a stage continued
-                            for r in records.values() if r["status"] in ("ok", "cached", "failed"))
+    stage_seconds_all = sum(record_seconds(r) for r in records.values() if r["status"] in ("ok", "cached", "failed"))
     doc = {"study": study.name, "smoke": study.smoke, "machine": _machine(), "wall_s": wall_s,
            "stage_seconds_this_run": stage_seconds, "stage_seconds_all_runs": stage_seconds_all, "stages": stage_counts,
            "learns_task": learns_task_check(spec, rows),

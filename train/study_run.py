@@ -82,6 +82,11 @@ def extends_earlier_run(stage: Stage, before: str, dep_hashes: list[str] | None)
     return config_hash(stage.kind, {**stage.config, "steps": earlier}, dep_hashes) == before
 
 
+def record_seconds(rec: dict) -> float:
+    """What a stage record cost: its own run plus the earlier runs it continued (``seconds_earlier``)."""
+    return float(rec.get("seconds") or 0) + float(rec.get("seconds_earlier") or 0)
+
+
 def _earlier_path(out: str | Path, stage_id: str) -> Path:
     return record_path(out, stage_id).with_suffix(".earlier.json")
 
@@ -94,8 +99,7 @@ def _carry_earlier_seconds(out: str | Path, stage_id: str, before: str, h: str) 
     except (OSError, ValueError):
         return
     if old.get("hash") == before and old.get("status") == "ok":
-        earlier = float(old.get("seconds") or 0) + float(old.get("seconds_earlier") or 0)
-        write_json_atomic(_earlier_path(out, stage_id), {"for_hash": h, "seconds": earlier})
+        write_json_atomic(_earlier_path(out, stage_id), {"for_hash": h, "seconds": record_seconds(old)})
 
 
 def restart_if_inputs_changed(stage: Stage, h: str, ctx: RunContext, dep_hashes: list[str] | None = None) -> None:
