@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-import fcl
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
@@ -43,8 +42,8 @@ from datagen.ids import scene_id, scene_rng, scene_seed
 from datagen.support_surface import HeightMap, height_map
 
 RELATIONS = ("left_of", "right_of", "in_front_of", "behind", "on_top_of")
-# fcl moves geometry rigidly but cannot scale it, so sizes (largest side, metres) come from a fixed
-# set of levels; a BVH is built once per (asset, level) and reused by every scene in the process.
+# sizes (largest side, metres) come from a fixed set of levels: a sized asset (scaled mesh, samples,
+# bounding solid) is cached per (asset, pose, level) and reused by every scene in the process.
 SIZE_LEVELS = np.round(np.geomspace(0.08, 1.6, 16), 4)
 MIN_CLEARANCE_PAIR = 0.01  # non-support pairs stay >= 1 cm apart: never touching, never a 2nd support
 MIN_HEIGHT_ON_TOP = physics.SUPPORT_GAP_MAX + physics.CONTACT_BAND  # stacked things clear the floor
@@ -103,6 +102,8 @@ class AssetLibrary:
         self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._posed_extras: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._bounds: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # unit-size bounding polytopes
+        self._units: dict[tuple[str, int], physics.UnitMesh] = {}  # triangle boxes and BVH shared by sizes
+        self._simulated: dict[tuple[str, int, int], np.ndarray] = {}  # hull vertices settling simulates
         self._usable: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # uid -> (pose indices, probabilities)
         self.exclusions: dict[str, str] = {}
 
@@ -206,13 +207,25 @@ class AssetLibrary:
             self._sized.move_to_end(key)
         else:
             samples, com, hull = self.posed_extras(uid, pose)
+            unit = self.posed(uid, pose)[0]
             if (uid, int(pose)) not in self._bounds:
                 self._bounds[(uid, int(pose))] = physics.bounding_polytope(hull)
-            self._sized[key] = physics.make_sized_asset(uid, self.posed(uid, pose)[0], float(size), pose=int(pose),
-                                                        unit_extras=(samples, com, hull), unit_bound=self._bounds[(uid, int(pose))])
-            if len(self._sized) > self.MAX_SIZED:  # BVHs of big meshes: bound the memory of long runs
+                self._units[(uid, int(pose))] = physics.UnitMesh(unit)
+            self._sized[key] = physics.make_sized_asset(uid, unit, float(size), pose=int(pose),
+                                                        unit_extras=(samples, com, hull), unit_bound=self._bounds[(uid, int(pose))],
+                                                        unit_mesh=self._units[(uid, int(pose))])
+            if len(self._sized) > self.MAX_SIZED:  # scaled meshes and samples: bound the memory of long runs
                 self._sized.popitem(last=False)
         return self._sized[key]
+
+    def simulation_hull(self, asset: physics.SizedAsset, max_vertices: int) -> np.ndarray:
+        """``settle.simulation_hull`` of the sized asset's hull (its selection computed once per pose)."""
+        from datagen.settle import simulation_hull_index
+
+        key = (asset.uid, asset.pose, int(max_vertices))
+        if key not in self._simulated:
+            self._simulated[key] = simulation_hull_index(self.posed_extras(asset.uid, asset.pose)[2], max_vertices)
+        return asset.hull[self._simulated[key]]
 
     def coverage_uid(self, dataset_seed: int, index: int) -> str:
         """The asset scene ``index`` starts with: every asset once per N consecutive scenes."""
@@ -228,15 +241,10 @@ class Placed:
     rot: np.ndarray  # (3, 3) world rotation of the posed frame (a yaw until settling tips it)
     t: np.ndarray
     support: int  # 0 = floor, else 1-based index
-    shapes: physics.Posed = field(repr=False)  # bounding-solid and (built when first needed) exact fcl objects
+    shapes: physics.Posed = field(repr=False)  # bounding solid and exact mesh at its pose (cropped per query)
     aabb: np.ndarray = field(repr=False)  # (2, 3)
     _points: cKDTree | None = field(default=None, init=False, repr=False)
     _world_samples: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    @property
-    def obj(self) -> fcl.CollisionObject:
-        """The exact (BVH) collision object."""
-        return self.shapes.exact
 
     @property
     def world_samples(self) -> np.ndarray:
@@ -282,8 +290,8 @@ def _place(record, asset: physics.SizedAsset, rotation, t: np.ndarray, support: 
 def _clear_of_others(new: Placed, placed: list[Placed], skip: int | None) -> bool:
     """>= MIN_CLEARANCE_PAIR from all but ``skip``: broad phase on boxes; bounding solids that far
     apart clear a pair; two surface samples closer than that condemn it (points on both surfaces
-    bound the distance from above); only the rest pay for the exact fcl distance (and the BVHs).
-    The verdict is the exact distance's either way."""
+    bound the distance from above); only the rest pay for the exact fcl distance, on the triangles
+    within reach of each other. The verdict is the exact distance's either way."""
     for k, other in enumerate(placed, start=1):
         if k == skip:
             continue
@@ -293,7 +301,7 @@ def _clear_of_others(new: Placed, placed: list[Placed], skip: int | None) -> boo
             continue
         if np.isfinite(other.surface_points.query(new.surface_points.data, k=1, distance_upper_bound=MIN_CLEARANCE_PAIR)[0]).any():
             return False
-        if physics.distance(new.obj, other.obj) < MIN_CLEARANCE_PAIR:
+        if physics.distance_within(new.shapes, other.shapes, MIN_CLEARANCE_PAIR) < MIN_CLEARANCE_PAIR:
             return False
     return True
 
@@ -466,7 +474,7 @@ class SceneSampler:
             return None
         t[2] = z
         p = _place(rec, asset, yaw, t, anchor_idx)
-        d = physics.distance(p.obj, anchor.obj)
+        d = physics.distance_within(p.shapes, anchor.shapes, physics.SUPPORT_GAP_MAX + 1e-6)
         if not (0.0 < d <= physics.SUPPORT_GAP_MAX):
             return None
         if not _clear_of_others(p, self.placed, anchor_idx) or not _stable(p, exact_heights):
@@ -474,14 +482,16 @@ class SceneSampler:
         return p
 
     def _drop_onto(self, asset, yaw, xy, anchor: Placed, z_est: float) -> float | None:
-        """Exact contact height with fcl: bisect between a colliding and a free height."""
-
-        def hits(z: float) -> bool:
-            return physics.collide(physics.fcl_object(asset, yaw, np.array([xy[0], xy[1], z])), anchor.obj)
-
+        """Exact contact height with fcl: bisect between a colliding and a free height (the meshes
+        cropped once to where they can meet over the heights searched)."""
+        rot, top = physics.rotz(yaw), z_est + 0.1  # the highest ``hi`` that is tested
+        sweep = physics.VerticalSweep(asset.shapes, rot, np.array([xy[0], xy[1], 0.0]), (z_est - 0.02, top), anchor.shapes)
+        hits = sweep.hits
         lo, hi = z_est - 0.02, z_est + 0.002
         if not hits(lo):  # falls through the surface estimate: nothing solid below
             lo2 = z_est - 0.2
+            sweep = physics.VerticalSweep(asset.shapes, rot, np.array([xy[0], xy[1], 0.0]), (lo2, top), anchor.shapes)
+            hits = sweep.hits
             if not hits(lo2):
                 return None
             lo = lo2
@@ -532,7 +542,7 @@ def settle_placed(lib: AssetLibrary, placed: list[Placed], relations: list[dict]
     beside relation is kept only where it still holds on the settled boxes.
     """
     bodies = [Body((p.record.uid, p.asset.pose, p.asset.size), p.asset.mesh, p.asset.com, p.asset.shapes,
-                   p.rot, p.t, p.support, p.asset.size, p.asset.hull) for p in placed]
+                   p.rot, p.t, p.support, p.asset.size, lib.simulation_hull(p.asset, cfg.hull_vertices)) for p in placed]
     res = settle_scene(bodies, cfg)
     out = [_place(p.record, p.asset, r, t, sup) for p, r, t, sup in zip(placed, res.rot, res.t, res.support)]
     rels = []

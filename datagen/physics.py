@@ -1,22 +1,27 @@
 """Contact physics on the full meshes with python-fcl.
 
-BVHs are built once per (asset, size level) and moved by rigid transforms (fcl does not scale
-geometry, so sizes are a fixed set of levels per asset; see ``layout.SIZE_LEVELS``). Queries:
-``collide`` (first contact only, microseconds) for the drop search and ``distance`` for the
+Queries: ``collide`` (first contact only, microseconds) for the drop search and ``distance`` for the
 "no touching" and "within 5 mm of its support" rules.
 
-A BVH of a real asset costs ~8 us per triangle to build (1 s for an 84k-triangle mesh), and most
-pairs a scene checks are far apart. So each shape's BVH is built only when a query needs it
-(``Shapes``), and ``clear_by_bounds`` answers "at least this far apart" first from convex
-solids that contain the meshes (GJK, microseconds): solids that far apart prove it for the meshes;
-only pairs whose solids come closer go to the exact BVH distance. The solid is a bounding
-polytope of ``BOUND_DIRECTIONS`` face normals rather than the exact hull: a dense convex asset's
-hull has 15k vertices (0.4 s to build per size); the polytope has a few hundred, and it scales
-with the asset, so it is computed once per resting pose.
+A BVH of a real asset costs ~8 us per triangle to build (1 s for an 84k-triangle mesh), fcl cannot
+scale one (so a BVH over a whole mesh is good for one size only), and most pairs a scene checks are
+far apart. So the checks are layered:
+
+- ``clear_by_bounds`` answers "at least this far apart" from convex solids that contain the meshes
+  (GJK, microseconds): solids that far apart prove it for the meshes. The solid is a bounding
+  polytope of ``BOUND_DIRECTIONS`` face normals rather than the exact hull: a dense convex asset's
+  hull has 15k vertices (0.4 s to build per size); the polytope has a few hundred, and it scales
+  with the asset, so it is computed once per resting pose.
+- Pairs whose solids come closer are measured on the triangles that can matter only
+  (``distance_within``, ``VerticalSweep``): a question "closer than r?" is answered exactly by the
+  triangles of each mesh whose boxes reach within r of the other mesh's box, so only those get a
+  BVH, built for that query. Whole-mesh BVHs per (asset, pose, size) cost 2-3 builds of ~40 ms
+  per 8-instance scene even in a long run's steady state, and held 2-3 GB per process in their cache.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import fcl
@@ -30,9 +35,10 @@ STABILITY_MARGIN = 0.002  # metres the centre of mass must lie inside the contac
 LOW_BAND = 0.02  # metres: only surface points this close to an instance's lowest can touch its support
 BOUND_MARGIN = 1e-4  # metres added to a bounding-solid distance: GJK's distance converges from above
 BOUND_DIRECTIONS = 64  # face normals of the bounding polytope (plus the 6 axis directions)
+UNIT_BVH_FROM = 2000  # a crop keeping more triangles than this is measured against the unit mesh's BVH
 
 
-def _fibonacci_directions(n: int) -> np.ndarray:
+def fibonacci_directions(n: int) -> np.ndarray:
     """``n`` unit vectors spread evenly over the sphere, plus the 6 axis directions (so the
     polytope is never looser than the axis-aligned box)."""
     k = np.arange(n) + 0.5
@@ -48,7 +54,7 @@ def bounding_polytope(points: np.ndarray, n_directions: int = BOUND_DIRECTIONS) 
     from scipy.spatial import HalfspaceIntersection
 
     p = np.asarray(points, dtype=np.float64)
-    dirs = _fibonacci_directions(n_directions)
+    dirs = fibonacci_directions(n_directions)
     offsets = (p @ dirs.T).max(axis=0)
     # padding each half-space a hair keeps a volume (and the mean strictly inside) for flat assets
     pad = 1e-9 + 1e-6 * float(np.max(np.ptp(p, axis=0)))
@@ -60,25 +66,104 @@ def bounding_polytope(points: np.ndarray, n_directions: int = BOUND_DIRECTIONS) 
     return verts[keep], index[hull.simplices]
 
 
-class Shapes:
-    """Collision shapes of one mesh at one size: the exact BVH and a bounding convex solid, each
-    built on first use and kept (a cache entry that is never checked up close never pays for a BVH).
+class BVHBudget:
+    """At most ``max_triangles`` triangles' worth of unit-mesh BVHs kept built; the least recently
+    used give theirs up (a catalog of thousands of assets would otherwise hold them all)."""
 
-    ``bound``: (vertices, triangles) of a convex polytope containing the mesh (``bounding_polytope``
-    of the mesh's vertices when not given).
-    """
+    def __init__(self, max_triangles: int):
+        self.max_triangles = int(max_triangles)
+        self._built: OrderedDict[int, UnitMesh] = OrderedDict()
+        self.triangles = 0
 
-    def __init__(self, mesh: trimesh.Trimesh, bound: tuple[np.ndarray, np.ndarray] | None = None):
-        self.mesh = mesh
-        self.bound = bound
+    def touch(self, unit: "UnitMesh") -> None:
+        key = id(unit)
+        if key in self._built:
+            self._built.move_to_end(key)
+            return
+        self._built[key] = unit
+        self.triangles += len(unit.faces)
+        while self.triangles > self.max_triangles and len(self._built) > 1:
+            _, old = self._built.popitem(last=False)
+            self.triangles -= len(old.faces)
+            old._bvh = None
+
+
+UNIT_BVHS = BVHBudget(4_000_000)  # ~2 GB of fcl nodes at most, in practice a few hundred MB
+
+
+class UnitMesh:
+    """A mesh that every size level of one asset pose scales (by a positive factor): its
+    triangles' boxes (for crops) and, on first use, its BVH. One BVH serves every size, because a
+    query can be posed in this mesh's frame with the other mesh scaled instead (fcl moves BVHs
+    rigidly but cannot scale them)."""
+
+    def __init__(self, mesh: trimesh.Trimesh):
+        self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        self.faces = np.asarray(mesh.faces)
+        self.lows, self.highs = triangle_boxes(mesh)
         self._bvh: fcl.BVHModel | None = None
-        self._convex: fcl.Convex | None = None
+
+    @property
+    def has_bvh(self) -> bool:
+        return self._bvh is not None
 
     @property
     def bvh(self) -> fcl.BVHModel:
         if self._bvh is None:
+            self._bvh = bvh_of(self.vertices, self.faces)
+        UNIT_BVHS.touch(self)
+        return self._bvh
+
+
+class Shapes:
+    """Collision shapes of one mesh at one size: ``scale`` times a ``UnitMesh`` (shared by the
+    sizes of an asset pose) and a bounding convex solid, built on first use and kept.
+
+    ``bound``: (vertices, triangles) of a convex polytope containing the mesh (``bounding_polytope``
+    of the mesh's vertices when not given). ``unit``: the mesh at unit scale (``mesh`` itself, scale
+    1, when not given); ``mesh`` must equal its vertices times ``scale``.
+    """
+
+    def __init__(self, mesh: trimesh.Trimesh, bound: tuple[np.ndarray, np.ndarray] | None = None,
+                 unit: UnitMesh | None = None, scale: float = 1.0):
+        self.mesh = mesh
+        self.bound = bound
+        self.unit = UnitMesh(mesh) if unit is None else unit
+        self.scale = 1.0 if unit is None else float(scale)
+        self._bvh: fcl.BVHModel | None = None
+        self._convex: fcl.Convex | None = None
+        self._box_corners: np.ndarray | None = None
+
+    @property
+    def bvh(self) -> fcl.BVHModel:
+        """The whole sized mesh's BVH (a reference for tests: the checks use crops and unit BVHs)."""
+        if self._bvh is None:
             self._bvh = build_bvh(self.mesh)
         return self._bvh
+
+    def select(self, local_box: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the triangles (of ``among``, default all) whose boxes overlap ``local_box``
+        ((2, 3), mesh frame). Any point of the mesh inside the box lies on one of them. (A box of
+        the unit mesh times ``scale`` is the sized triangle's box exactly: multiplying by a positive
+        float commutes with min and max.)"""
+        lows, highs = self.unit.lows, self.unit.highs
+        box = np.asarray(local_box, dtype=np.float64) / self.scale
+        pad = 1e-9 * (1.0 + float(np.abs(box).max()))  # the division rounds: keep borderline triangles
+        if among is not None:
+            lows, highs = lows[among], highs[among]
+        keep = np.flatnonzero(np.all(lows <= box[1] + pad, axis=1) & np.all(highs >= box[0] - pad, axis=1))
+        return keep if among is None else among[keep]
+
+    def box_of(self, keep: np.ndarray) -> np.ndarray:
+        """(2, 3) box, mesh frame, containing the triangles ``keep`` (non-empty)."""
+        return np.stack([self.unit.lows[keep].min(axis=0), self.unit.highs[keep].max(axis=0)]) * self.scale
+
+    def world_box(self, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(2, 3) world box containing the mesh at (rot, t): the bounding solid's, or the mesh's."""
+        if self._box_corners is None:
+            self._box_corners = self.bound[0] if self.bound is not None else np.asarray(self.mesh.vertices)
+        v = self._box_corners @ np.asarray(rot).T + t
+        return np.stack([v.min(axis=0), v.max(axis=0)])
 
     @property
     def convex(self) -> fcl.Convex:
@@ -94,7 +179,8 @@ class Posed:
     """A ``Shapes`` at a rigid pose: the fcl objects of its bounding solid and (on first use) its BVH."""
 
     def __init__(self, shapes: Shapes, rot: np.ndarray, t: np.ndarray):
-        self.shapes, self.tf = shapes, fcl.Transform(np.asarray(rot, dtype=np.float64), np.asarray(t, dtype=np.float64))
+        self.rot, self.t = np.asarray(rot, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        self.shapes, self.tf = shapes, fcl.Transform(self.rot, self.t)
         self._exact: fcl.CollisionObject | None = None
         self._bound: fcl.CollisionObject | None = None
 
@@ -110,6 +196,163 @@ class Posed:
             self._bound = fcl.CollisionObject(self.shapes.convex, self.tf)
         return self._bound
 
+    def world_box(self) -> np.ndarray:
+        return self.shapes.world_box(self.rot, self.t)
+
+    def select(self, world_box: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+        """Triangles (of ``among``) that can reach into ``world_box``."""
+        return self.shapes.select(_box_in_frame(world_box, self.rot, self.t), among)
+
+    def box_of(self, keep: np.ndarray) -> np.ndarray:
+        """World box containing the triangles ``keep``."""
+        return _box_of_frame(self.shapes.box_of(keep), self.rot, self.t)
+
+    def frame(self) -> "Frame":
+        """The frame of its unit mesh: world = scale * rot @ unit + t."""
+        return Frame(self.rot, self.t, self.shapes.scale)
+
+    def triangles_in(self, keep: np.ndarray, frame: "Frame") -> fcl.BVHModel:
+        """A BVH of its triangles ``keep`` (non-empty), their vertices expressed in ``frame``."""
+        unit = self.shapes.unit
+        used, tris = np.unique(unit.faces[keep], return_inverse=True)
+        world = (unit.vertices[used] * self.shapes.scale) @ self.rot.T + self.t
+        return bvh_of(frame.from_world(world), tris.reshape(-1, 3))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A similarity frame: world = scale * rot @ local + t (the world itself: identity, scale 1)."""
+
+    rot: np.ndarray
+    t: np.ndarray
+    scale: float = 1.0
+
+    def from_world(self, world: np.ndarray) -> np.ndarray:
+        return ((world - self.t) @ self.rot) / self.scale
+
+    def up(self) -> np.ndarray:
+        """The world's +z, one metre of it, in this frame."""
+        return self.rot[2] / self.scale
+
+
+WORLD = Frame(np.eye(3), np.zeros(3))
+
+
+def _meeting(a: Posed, keep_a: np.ndarray, b: Posed, keep_b: np.ndarray) -> tuple[Frame, str, fcl.BVHModel, fcl.BVHModel]:
+    """(frame, whose frame it is: "a", "b" or "world", BVH of a, BVH of b), both BVHs in ``frame``,
+    for the query on the kept triangles.
+
+    When the side keeping more triangles keeps many (or its unit BVH is built already), the frame
+    is that side's unit mesh, and its whole unit BVH (built once for every size) stands for its
+    crop: the other side's kept triangles are moved and scaled into that frame. Otherwise both
+    crops are built in the world."""
+    a_big = len(keep_a) >= len(keep_b)
+    big, big_keep = (a, keep_a) if a_big else (b, keep_b)
+    if len(big_keep) > UNIT_BVH_FROM or big.shapes.unit.has_bvh:
+        frame = big.frame()
+        if a_big:
+            return frame, "a", a.shapes.unit.bvh, b.triangles_in(keep_b, frame)
+        return frame, "b", a.triangles_in(keep_a, frame), b.shapes.unit.bvh
+    return WORLD, "world", a.triangles_in(keep_a, WORLD), b.triangles_in(keep_b, WORLD)
+
+
+def _at(bvh: fcl.BVHModel, offset: np.ndarray | None = None) -> fcl.CollisionObject:
+    return fcl.CollisionObject(bvh, fcl.Transform(np.eye(3), np.zeros(3) if offset is None else offset))
+
+
+def _corners(box: np.ndarray) -> np.ndarray:
+    lo, hi = np.asarray(box, dtype=np.float64)
+    return np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T
+
+
+def _box_in_frame(world_box: np.ndarray, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """A box in the rigid frame (rot, t) containing a world box (its 8 corners' box)."""
+    local = (_corners(world_box) - t) @ rot  # inverse rotation on row vectors
+    return np.stack([local.min(axis=0), local.max(axis=0)])
+
+
+def _box_of_frame(local_box: np.ndarray, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """A world box containing a box given in the rigid frame (rot, t)."""
+    world = _corners(local_box) @ np.asarray(rot).T + t
+    return np.stack([world.min(axis=0), world.max(axis=0)])
+
+
+def _grow(box: np.ndarray, by: float) -> np.ndarray:
+    return np.asarray(box, dtype=np.float64) + np.array([[-by] * 3, [by] * 3])
+
+
+CROP_ROUNDS = 3  # crop each mesh to the other's kept triangles this often (each round can only shrink)
+
+
+def distance_within(a: Posed, b: Posed, reach: float) -> float:
+    """The exact mesh distance when it is below ``reach``; otherwise some value >= ``reach``.
+
+    If the meshes come closer than ``reach``, their closest points lie within ``reach`` of the other
+    mesh, so inside the box of any set of its triangles that holds its closest point, grown by
+    ``reach``. Cropping each mesh to such a box of the other's kept triangles, round after round,
+    never drops the closest pair's triangles, and the cropped distance (never below the whole one)
+    equals it. The rounds shrink an object resting inside a big one's box (a cup on a shelf) to the
+    few triangles where they meet.
+    """
+    box_b, keep_a, keep_b = b.world_box(), None, None
+    for _ in range(CROP_ROUNDS):
+        keep_a = a.select(_grow(box_b, reach), keep_a)
+        if len(keep_a) == 0:
+            return float("inf")
+        keep_b = b.select(_grow(a.box_of(keep_a), reach), keep_b)
+        if len(keep_b) == 0:
+            return float("inf")
+        box_b = b.box_of(keep_b)
+    frame, _, bvh_a, bvh_b = _meeting(a, keep_a, b, keep_b)
+    return distance(_at(bvh_a), _at(bvh_b)) * frame.scale
+
+
+class VerticalSweep:
+    """``moving`` at rotation ``rot`` and x/y of ``t``, raised by any z in ``z_range`` (added to
+    ``t``), against a fixed ``Posed``: both cropped once to where they can meet over the range (as
+    in ``distance_within``, with the moving mesh's boxes stretched over the range), so a
+    bisection's dozens of ``hits`` cost one small BVH build (or none). A contact at any height in
+    the range lies in both meshes' boxes there, so the crops keep it: ``hits`` is exact."""
+
+    def __init__(self, moving: Shapes, rot: np.ndarray, t: np.ndarray, z_range: tuple[float, float], fixed: Posed):
+        rot, t = np.asarray(rot, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        z0, z1 = float(z_range[0]), float(z_range[1])
+        self.z_range, eps = (z0, z1), 1e-7
+        low = Posed(moving, rot, t + [0.0, 0.0, z0])  # the moving mesh at the bottom of the range
+
+        def swept(box: np.ndarray) -> np.ndarray:  # a world box at z0, and everywhere it goes up to z1
+            return np.stack([box[0], box[1] + [0.0, 0.0, z1 - z0]])
+
+        box_fixed, keep_moving, keep_fixed = fixed.world_box(), None, None
+        self._pair = None
+        for _ in range(CROP_ROUNDS):
+            # a moving point that meets the fixed box at some z lies, at z0, in that box lowered by up to z1 - z0
+            reach = _grow(box_fixed, eps)
+            reach[0, 2] -= z1 - z0
+            keep_moving = low.select(reach, keep_moving)
+            if len(keep_moving) == 0:
+                return
+            keep_fixed = fixed.select(_grow(swept(low.box_of(keep_moving)), eps), keep_fixed)
+            if len(keep_fixed) == 0:
+                return
+            box_fixed = fixed.box_of(keep_fixed)
+        frame, whose, bvh_moving, bvh_fixed = _meeting(low, keep_moving, fixed, keep_fixed)
+        # raising the moving mesh by dz in the world is this offset in the frame; in the moving
+        # mesh's own frame the fixed one goes down instead
+        self._pair, self._up, self._moving_frame = (bvh_moving, bvh_fixed), frame.up(), whose == "a"
+
+    def hits(self, z: float) -> bool:
+        """Do the meshes touch or intersect with the moving one raised by ``z``?"""
+        if not self.z_range[0] - 1e-12 <= z <= self.z_range[1] + 1e-12:
+            raise ValueError(f"z {z} outside the sweep's range {self.z_range}")
+        if self._pair is None:
+            return False
+        offset = (z - self.z_range[0]) * self._up
+        moving, fixed = self._pair
+        if self._moving_frame:
+            return collide(_at(moving), _at(fixed, -offset))
+        return collide(_at(moving, offset), _at(fixed))
+
 
 def clear_by_bounds(a: Posed, b: Posed, clearance: float) -> bool:
     """True when the bounding solids alone prove the meshes at least ``clearance`` apart (False:
@@ -119,8 +362,8 @@ def clear_by_bounds(a: Posed, b: Posed, clearance: float) -> bool:
 
 @dataclass
 class SizedAsset:
-    """One asset in one resting pose at one size level: its posed mesh scaled, BVH, surface samples,
-    centre of mass."""
+    """One asset in one resting pose at one size level: its posed mesh scaled, collision shapes,
+    surface samples, centre of mass."""
 
     uid: str
     size: float
@@ -132,22 +375,33 @@ class SizedAsset:
     hull: np.ndarray | None = field(default=None, repr=False)  # convex hull vertices (rigid-body shape)
 
 
+def triangle_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(lows, highs): each triangle's axis-aligned box in the mesh frame, (F, 3) each."""
+    tri = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces)]
+    return tri.min(axis=1), tri.max(axis=1)
+
+
 def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:
+    return bvh_of(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces))
+
+
+def bvh_of(vertices: np.ndarray, faces: np.ndarray) -> fcl.BVHModel:
     model = fcl.BVHModel()
-    model.beginModel(len(mesh.vertices), len(mesh.faces))
-    model.addSubModel(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32))
+    model.beginModel(len(vertices), len(faces))
+    model.addSubModel(np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int32))
     model.endModel()
     return model
 
 
 def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_samples: int = 3000, seed: int = 0,
                      pose: int = 0, unit_extras: tuple | None = None,
-                     unit_bound: tuple[np.ndarray, np.ndarray] | None = None) -> SizedAsset:
+                     unit_bound: tuple[np.ndarray, np.ndarray] | None = None,
+                     unit_mesh: UnitMesh | None = None) -> SizedAsset:
     """``canonical``: the asset at unit size in the frame it will rest in (a posed canonical mesh).
 
-    ``unit_extras``: (samples, centre of mass, hull vertices) and ``unit_bound``: the
-    ``bounding_polytope`` of the hull, already computed at unit size; they scale with the mesh, so
-    a cache can reuse them for every size.
+    ``unit_extras``: (samples, centre of mass, hull vertices), ``unit_bound``: the
+    ``bounding_polytope`` of the hull and ``unit_mesh``: ``UnitMesh(canonical)``, already computed
+    at unit size; they scale with the mesh, so a cache can reuse them for every size.
     """
     # a new mesh from scaled arrays: the same vertices as copy() + apply_scale(), without copying
     # and re-hashing the canonical mesh's caches for every size
@@ -158,7 +412,8 @@ def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_sample
     else:
         samples, com, hull = (np.asarray(x, dtype=np.float64) * size for x in unit_extras)
     verts, tris = bounding_polytope(hull) if unit_bound is None else (unit_bound[0] * size, unit_bound[1])
-    return SizedAsset(uid, size, mesh, Shapes(mesh, (verts, tris)), samples, com, pose, hull)
+    unit = UnitMesh(canonical) if unit_mesh is None else unit_mesh
+    return SizedAsset(uid, size, mesh, Shapes(mesh, (verts, tris), unit, float(size)), samples, com, pose, hull)
 
 
 def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -166,11 +421,6 @@ def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0)
     pts, _ = trimesh.sample.sample_surface(mesh, n_samples, seed=seed)
     com = mesh.center_mass if mesh.is_watertight and mesh.volume > 1e-12 else mesh.triangles_center.T @ mesh.area_faces / mesh.area
     return np.vstack([pts, mesh.vertices]), np.asarray(com, dtype=np.float64)
-
-
-def fcl_object(asset: SizedAsset, rotation, translation: np.ndarray) -> fcl.CollisionObject:
-    """The exact (BVH) object; ``rotation``: a yaw angle (radians about +Z) or a 3x3 rotation matrix."""
-    return posed(asset, rotation, translation).exact
 
 
 def posed(asset: SizedAsset, rotation, translation: np.ndarray) -> Posed:

@@ -61,3 +61,48 @@ def test_shortcuts_agree_with_the_exact_distance_on_real_mesh_pairs(shared_asset
             assert exact < clearance, (MESHES[a], MESHES[b], exact)
     # both shortcuts decide a real share of the pairs (else they cost without saving anything)
     assert cleared >= 15 and condemned >= 15, (cleared, condemned, pairs)
+
+
+@pytest.mark.parametrize("unit_bvh_from", [0, 10**9], ids=["unit-frame", "world-crops"])
+def test_cropped_queries_equal_the_whole_mesh_ones(shared_assets, monkeypatch, unit_bvh_from):
+    """``distance_within`` and ``VerticalSweep`` measure only the triangles within reach (in the
+    world, or in one side's unit-mesh frame with the other scaled into it); the verdicts and the
+    distances below the reach must be the whole meshes' own, for sizes that share one unit mesh."""
+    monkeypatch.setattr(physics, "UNIT_BVH_FROM", unit_bvh_from)
+    rng = np.random.default_rng(1)
+    units = {n: _unit(shared_assets, n) for n in MESHES}
+    shared = {n: physics.UnitMesh(m) for n, m in units.items()}
+    assets = [physics.make_sized_asset(n, units[n], s, unit_mesh=shared[n]) for n in MESHES for s in (0.3, 0.7)]
+    reach, below, checked, hits_seen = 0.01, 0, 0, set()
+    for _ in range(120):
+        a, b = rng.choice(len(assets), 2)
+        A, B = assets[a], assets[b]
+        ra, rb = physics.rotz(rng.uniform(0, 2 * np.pi)), physics.rotz(rng.uniform(0, 2 * np.pi))
+        ta = np.zeros(3)
+        tb = np.append(rng.normal(scale=0.3, size=2), rng.uniform(0, 0.3))
+        pa, pb = physics.Posed(A.shapes, ra, ta), physics.Posed(B.shapes, rb, tb)
+        exact = physics.distance(pa.exact, pb.exact)
+        got = physics.distance_within(pa, pb, reach)
+        if exact < reach:
+            below += 1
+            assert got == pytest.approx(exact, abs=1e-9), (A.uid, B.uid)
+        else:
+            assert got >= reach, (A.uid, B.uid, exact, got)
+        # B moves vertically through A: every tested height's contact verdict is the whole meshes'
+        z0, z1 = -0.3, 0.3
+        sweep = physics.VerticalSweep(B.shapes, rb, tb, (z0, z1), pa)
+        for z in rng.uniform(z0, z1, 6):
+            whole = physics.collide(physics.Posed(B.shapes, rb, tb + [0.0, 0.0, z]).exact, pa.exact)
+            assert sweep.hits(float(z)) == whole, (A.uid, B.uid, z)
+            hits_seen.add(whole)
+            checked += 1
+    assert below >= 20 and hits_seen == {True, False}, (below, hits_seen)
+
+
+def test_unit_bvh_budget_drops_the_least_recently_used(shared_assets):
+    budget = physics.BVHBudget(max_triangles=1)
+    units = [physics.UnitMesh(_unit(shared_assets, n)) for n in ("Duck.glb", "table.glb")]
+    for u in units:
+        u._bvh = physics.bvh_of(u.vertices, u.faces)
+        budget.touch(u)
+    assert not units[0].has_bvh and units[1].has_bvh and budget.triangles == len(units[1].faces)
