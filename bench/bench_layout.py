@@ -153,7 +153,7 @@ def main() -> None:
     gpu_s = render_cpu_s / args.gpu_speedup
     views = cfg.views_per_scene
     res = {
-        "scenes": args.scenes, "instances_per_scene": 8, "views_per_scene": views, "resolution": cfg.width,
+        "scenes": args.scenes, "warm_scenes": args.warm, "instances_per_scene": 8, "views_per_scene": views, "resolution": cfg.width,
         "assets": len(recs), "catalog": "../shared/assets (dir)", "failed_scenes": failures, "errors": errors,
         "clock": "CPU seconds of the benchmark process (time.process_time), machine shared and loaded",
         "ms_per_scene": {k: stats(ms[k]) for k in ("placement", "cameras", "total", "settle")},

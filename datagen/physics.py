@@ -93,14 +93,17 @@ UNIT_BVHS = BVHBudget(4_000_000)  # ~2 GB of fcl nodes at most, in practice a fe
 
 class UnitMesh:
     """A mesh that every size level of one asset pose scales (by a positive factor): its
-    triangles' boxes (for crops) and, on first use, its BVH. One BVH serves every size, because a
-    query can be posed in this mesh's frame with the other mesh scaled instead (fcl moves BVHs
-    rigidly but cannot scale them)."""
+    triangles' boxes (``lows``, ``highs``: (3, F)) for crops and, on first use, its BVH. One BVH
+    serves every size, because a query can be posed in this mesh's frame with the other mesh
+    scaled instead (fcl moves BVHs rigidly but cannot scale them)."""
 
     def __init__(self, mesh: trimesh.Trimesh):
         self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
         self.faces = np.asarray(mesh.faces)
-        self.lows, self.highs = triangle_boxes(mesh)
+        lows, highs = triangle_boxes(mesh)
+        # per axis, contiguous: a box test filters axis by axis on contiguous rows (15x faster on
+        # 84k triangles than one (F, 3) comparison reduced with np.all)
+        self.lows, self.highs = np.ascontiguousarray(lows.T), np.ascontiguousarray(highs.T)
         self._bvh: fcl.BVHModel | None = None
 
     @property
@@ -146,17 +149,21 @@ class Shapes:
         ((2, 3), mesh frame). Any point of the mesh inside the box lies on one of them. (A box of
         the unit mesh times ``scale`` is the sized triangle's box exactly: multiplying by a positive
         float commutes with min and max.)"""
-        lows, highs = self.unit.lows, self.unit.highs
         box = np.asarray(local_box, dtype=np.float64) / self.scale
         pad = 1e-9 * (1.0 + float(np.abs(box).max()))  # the division rounds: keep borderline triangles
-        if among is not None:
-            lows, highs = lows[among], highs[among]
-        keep = np.flatnonzero(np.all(lows <= box[1] + pad, axis=1) & np.all(highs >= box[0] - pad, axis=1))
-        return keep if among is None else among[keep]
+        lo, hi = box[0] - pad, box[1] + pad
+        lows, highs = self.unit.lows, self.unit.highs
+        if among is None:
+            keep = np.flatnonzero((lows[0] <= hi[0]) & (highs[0] >= lo[0]))
+        else:
+            keep = among[(lows[0, among] <= hi[0]) & (highs[0, among] >= lo[0])]
+        for ax in (1, 2):
+            keep = keep[(lows[ax, keep] <= hi[ax]) & (highs[ax, keep] >= lo[ax])]
+        return keep
 
     def box_of(self, keep: np.ndarray) -> np.ndarray:
         """(2, 3) box, mesh frame, containing the triangles ``keep`` (non-empty)."""
-        return np.stack([self.unit.lows[keep].min(axis=0), self.unit.highs[keep].max(axis=0)]) * self.scale
+        return np.stack([self.unit.lows[:, keep].min(axis=1), self.unit.highs[:, keep].max(axis=1)]) * self.scale
 
     def world_box(self, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
         """(2, 3) world box containing the mesh at (rot, t): the bounding solid's, or the mesh's."""
@@ -256,8 +263,8 @@ def _meeting(a: Posed, keep_a: np.ndarray, b: Posed, keep_b: np.ndarray) -> tupl
     return WORLD, "world", a.triangles_in(keep_a, WORLD), b.triangles_in(keep_b, WORLD)
 
 
-def _at(bvh: fcl.BVHModel, offset: np.ndarray | None = None) -> fcl.CollisionObject:
-    return fcl.CollisionObject(bvh, fcl.Transform(np.eye(3), np.zeros(3) if offset is None else offset))
+def _at(bvh: fcl.BVHModel) -> fcl.CollisionObject:
+    return fcl.CollisionObject(bvh, fcl.Transform())
 
 
 def _corners(box: np.ndarray) -> np.ndarray:
@@ -339,7 +346,8 @@ class VerticalSweep:
         frame, whose, bvh_moving, bvh_fixed = _meeting(low, keep_moving, fixed, keep_fixed)
         # raising the moving mesh by dz in the world is this offset in the frame; in the moving
         # mesh's own frame the fixed one goes down instead
-        self._pair, self._up, self._moving_frame = (bvh_moving, bvh_fixed), frame.up(), whose == "a"
+        self._up, self._moving_frame = frame.up(), whose == "a"
+        self._pair = (_at(bvh_moving), _at(bvh_fixed))  # one object each, moved by setTranslation
 
     def hits(self, z: float) -> bool:
         """Do the meshes touch or intersect with the moving one raised by ``z``?"""
@@ -350,8 +358,10 @@ class VerticalSweep:
         offset = (z - self.z_range[0]) * self._up
         moving, fixed = self._pair
         if self._moving_frame:
-            return collide(_at(moving), _at(fixed, -offset))
-        return collide(_at(moving, offset), _at(fixed))
+            fixed.setTranslation(-offset)
+        else:
+            moving.setTranslation(offset)
+        return collide(moving, fixed)
 
 
 def clear_by_bounds(a: Posed, b: Posed, clearance: float) -> bool:

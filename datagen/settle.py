@@ -24,6 +24,7 @@ How (docs/PHYSICS.md has the reasoning):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -227,7 +228,7 @@ def _simulate(world: _World, body: Body, support: Body | None, cfg: SettleConfig
         for steps in range(1, cfg.max_steps + 1):
             pb.stepSimulation(physicsClientId=world.cid)
             v, w = pb.getBaseVelocity(dyn, physicsClientId=world.cid)
-            if np.linalg.norm(v) < cfg.rest_linear and np.linalg.norm(w) < cfg.rest_angular:
+            if math.hypot(*v) < cfg.rest_linear and math.hypot(*w) < cfg.rest_angular:
                 calm += 1
                 if calm >= cfg.rest_steps:
                     break
@@ -270,7 +271,7 @@ def rest_on_floor(hull_vertices: np.ndarray, com: np.ndarray, cfg: SettleConfig 
         for _ in range(max_steps):
             world.pb.stepSimulation(physicsClientId=world.cid)
             v, w = world.pb.getBaseVelocity(dyn, physicsClientId=world.cid)
-            calm = calm + 1 if np.linalg.norm(v) < cfg.rest_linear * size and np.linalg.norm(w) < cfg.rest_angular else 0
+            calm = calm + 1 if math.hypot(*v) < cfg.rest_linear * size and math.hypot(*w) < cfg.rest_angular else 0
             if calm >= cfg.rest_steps:
                 _, quat = world.pb.getBasePositionAndOrientation(dyn, physicsClientId=world.cid)
                 return _rot(quat)
@@ -279,12 +280,13 @@ def rest_on_floor(hull_vertices: np.ndarray, com: np.ndarray, cfg: SettleConfig 
     return np.eye(3)
 
 
-def _contact_shift(body: Body, rot: np.ndarray, t: np.ndarray, support: physics.Posed | None, world_vertices: np.ndarray,
+def _contact_shift(body: Body, rot: np.ndarray, t: np.ndarray, support: physics.Posed | None, lowest: float,
                    span: float) -> float | None:
     """Vertical shift in [-span, span] that brings the body at (rot, t) just into contact with its
-    support (fcl bisection on the meshes cropped to where they can meet)."""
+    support (fcl bisection on the meshes cropped to where they can meet). ``lowest``: the lowest
+    world z of its mesh there."""
     if support is None:  # the floor: exact
-        return float(-world_vertices[:, 2].min())
+        return -lowest
     hits = physics.VerticalSweep(body.shapes, rot, t, (-span, span), support).hits
     lo, hi = -span, span
     if not hits(lo) or hits(hi):
@@ -307,8 +309,9 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
         rot, t, steps = _simulate(world, body, support, cfg, i)
         com0, com1 = body.rot @ body.com + body.t, rot @ body.com + t
         angle = float(np.degrees(np.arccos(np.clip((np.trace(rot @ body.rot.T) - 1) / 2, -1, 1))))
-        v = body.mesh.vertices @ rot.T + t
-        dz = _contact_shift(body, rot, t, objs[body.support - 1] if body.support else None, v, cfg.max_snap)
+        heights = body.mesh.vertices @ rot[2]  # world z of its vertices, less t[2]: only z is needed
+        dz = _contact_shift(body, rot, t, objs[body.support - 1] if body.support else None,
+                            float((heights + t[2]).min()), cfg.max_snap)
         if dz is None:
             raise SettleError(f"instance {i}: its mesh is more than {cfg.max_snap * 1000:.0f} mm from where its hull came to rest")
         t = t + np.array([0.0, 0.0, dz + cfg.rest_gap])
@@ -321,7 +324,7 @@ def settle_scene(bodies: list[Body], cfg: SettleConfig = SettleConfig()) -> Sett
         obj = physics.Posed(body.shapes, rot, t)
         # what it rests on now, measured on the full meshes: exactly one thing within 5 mm (pairs
         # whose bounding solids are farther apart than both limits are neither touching nor too close)
-        low = float((body.mesh.vertices @ rot.T + t)[:, 2].min())
+        low = float((heights + t[2]).min())
         touching = [0] if low <= physics.SUPPORT_GAP_MAX else []
         far = max(physics.SUPPORT_GAP_MAX, cfg.min_clearance)
         for j, other in enumerate(objs, start=1):
