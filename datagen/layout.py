@@ -85,11 +85,20 @@ class AssetLibrary:
 
     ``exclusions`` (uid -> reason) lists the assets found unusable (the mesh no longer loads, or no
     resting pose passes the floor stability rule); sampling skips them.
+
+    The caches are bounded for catalogs of any size: sized assets by ``MAX_SIZED`` entries, and
+    everything kept per asset (meshes, poses, height maps and their ray intersectors, unit meshes)
+    by ``max_assets`` assets, the least recently used dropped whole. A dropped asset is rebuilt
+    from its file when drawn again, to the same values: a scene never depends on what was cached.
     """
 
     MAX_SIZED = 600
 
-    def __init__(self, records: Sequence, refine_poses: bool = True):
+    def __init__(self, records: Sequence, refine_poses: bool = True, max_assets: int = 256):
+        if max_assets < 1:
+            raise ValueError(f"max_assets must be >= 1, got {max_assets}")
+        self.max_assets = int(max_assets)
+        self._recent: OrderedDict[str, None] = OrderedDict()  # uids with cached data, least recent first
         if not records:
             raise ValueError("AssetLibrary needs at least one asset record")
         self.refine_poses = refine_poses
@@ -129,6 +138,7 @@ class AssetLibrary:
         and height maps mean the same for every pose.
         """
         key = (uid, int(pose))
+        self._use(uid)
         if key not in self._posed:
             rot = self.poses(uid)[0][pose]
             samples, com, hull = self._base(uid)
@@ -183,7 +193,24 @@ class AssetLibrary:
             self._usable[uid] = (np.array(ok), p / p.sum())
         return self._usable[uid]
 
+    def _use(self, uid: str) -> None:
+        """Mark ``uid`` as just used; drop the least recently used asset's data past ``max_assets``."""
+        self._recent[uid] = None
+        self._recent.move_to_end(uid)
+        while len(self._recent) > self.max_assets:
+            old, _ = self._recent.popitem(last=False)
+            self._canonical.pop(old, None)
+            self._bases.pop(old, None)
+            for cache in (self._posed, self._posed_extras, self._heights, self._bounds, self._units, self._simulated, self._sized):
+                for key in [k for k in cache if k[0] == old]:
+                    del cache[key]
+
+    def cached_assets(self) -> int:
+        """How many assets have data cached now (at most ``max_assets``)."""
+        return len(self._recent)
+
     def canonical(self, uid: str) -> trimesh.Trimesh:
+        self._use(uid)
         if uid not in self._canonical:
             from assets_manifest import load_mesh
 
@@ -197,12 +224,14 @@ class AssetLibrary:
 
     def heights(self, uid: str, pose: int = 0) -> HeightMap:
         key = (uid, int(pose))
+        self._use(uid)
         if key not in self._heights:
             self._heights[key] = height_map(self.posed(uid, pose)[0])
         return self._heights[key]
 
     def sized(self, uid: str, size: float, pose: int = 0) -> physics.SizedAsset:
         key = (uid, int(pose), float(size))
+        self._use(uid)
         if key in self._sized:
             self._sized.move_to_end(key)
         else:
@@ -609,11 +638,45 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
     raise SceneFailure("layout", f"scene {scene_id(index)}: no valid scene in {cfg.scene_tries} tries ({'; '.join(reasons)})")
 
 
+_LIBRARIES: OrderedDict[str, AssetLibrary] = OrderedDict()  # this process's, by catalog fingerprint
+LIBRARIES_PER_PROCESS = 2
+
+
+def catalog_fingerprint(records: Sequence) -> str:
+    """sha256 over what a library derives from each record (uid, file, normalisation, poses)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.uid, r.path, r.sha256, r.normalization, r.stable_poses], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def shared_library(records: Sequence, fingerprint: str | None = None) -> AssetLibrary:
+    """This process's ``AssetLibrary`` for ``records`` (made on first use, then reused).
+
+    Each Ray task gets its own unpickled copy of the scene source, so a library held by the source
+    started cold for every shard: 16 scenes paid for loading, posing and ray-casting their assets
+    again. Tasks that run in one worker process now share one library per catalog (at most
+    ``LIBRARIES_PER_PROCESS``, least recently used dropped), keyed by a fingerprint of every
+    record (``catalog_fingerprint``; pass it when known), so an edited catalog never reuses stale
+    caches.
+    """
+    key = fingerprint or catalog_fingerprint(records)
+    if key not in _LIBRARIES:
+        _LIBRARIES[key] = AssetLibrary(records)
+        while len(_LIBRARIES) > LIBRARIES_PER_PROCESS:
+            _LIBRARIES.popitem(last=False)
+    _LIBRARIES.move_to_end(key)
+    return _LIBRARIES[key]
+
+
 class RandomSceneSource:
     """The random engine as a scene source for the runner: ``spec(index)``.
 
-    Holds only plain data (records, config, seed) when pickled to workers; the asset library and
-    its BVH caches are rebuilt lazily in each process.
+    Holds only plain data (records, config, seed) when pickled to workers; each process uses its
+    shared asset library for those records (``shared_library``), built lazily.
     """
 
     source_name = "random"
@@ -627,6 +690,7 @@ class RandomSceneSource:
         self.config = config
         self.dataset_seed = int(dataset_seed)
         self._lib: AssetLibrary | None = None
+        self.fingerprint = catalog_fingerprint(self.records)  # computed once, travels with the pickle
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -636,7 +700,7 @@ class RandomSceneSource:
     @property
     def library(self) -> AssetLibrary:
         if self._lib is None:
-            self._lib = AssetLibrary(self.records)
+            self._lib = shared_library(self.records, self.fingerprint)
         return self._lib
 
     def spec(self, index: int) -> dict:
