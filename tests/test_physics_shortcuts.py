@@ -36,29 +36,35 @@ def test_bounding_polytope_contains_the_mesh_and_scales_with_it(shared_assets, n
     assert np.allclose(np.sort(v2, axis=0), np.sort(2.5 * verts, axis=0), atol=1e-6)
 
 
+def _near_pairs(rng, assets, n: int, spread: float):
+    """``n`` random (A, B, posed A, posed B): A at the origin, B near it (x/y normal with std
+    ``spread``, 0-0.3 m up), random yaws: often nested (a small thing between a table's legs) or
+    interpenetrating."""
+    for _ in range(n):
+        a, b = rng.choice(len(assets), 2)
+        A, B = assets[a], assets[b]
+        ra, rb = physics.rotz(rng.uniform(0, 2 * np.pi)), physics.rotz(rng.uniform(0, 2 * np.pi))
+        tb = np.append(rng.normal(scale=spread, size=2), rng.uniform(0, 0.3))
+        yield A, B, physics.Posed(A.shapes, ra, np.zeros(3)), physics.Posed(B.shapes, rb, tb)
+
+
 def test_shortcuts_agree_with_the_exact_distance_on_real_mesh_pairs(shared_assets):
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(0)
     assets = [physics.make_sized_asset(n, _unit(shared_assets, n), float(rng.uniform(0.2, 0.9))) for n in MESHES]
     clearance, cleared, condemned, pairs = 0.01, 0, 0, 0
-    for _ in range(150):
-        a, b = rng.choice(len(assets), 2)
-        A, B = assets[a], assets[b]
-        ra, rb = physics.rotz(rng.uniform(0, 2 * np.pi)), physics.rotz(rng.uniform(0, 2 * np.pi))
-        # near each other, often nested (a small thing between a table's legs) or interpenetrating
-        ta = np.zeros(3)
-        tb = np.append(rng.normal(scale=0.35, size=2), rng.uniform(0, 0.3))
-        pa, pb = physics.Posed(A.shapes, ra, ta), physics.Posed(B.shapes, rb, tb)
+    for A, B, pa, pb in _near_pairs(rng, assets, 150, 0.35):
+        ra, ta, rb, tb = pa.rot, pa.t, pb.rot, pb.t
         exact = physics.distance(pa.exact, pb.exact)
         pairs += 1
         if physics.clear_by_bounds(pa, pb, clearance):
             cleared += 1
-            assert exact >= clearance, (MESHES[a], MESHES[b], exact)
+            assert exact >= clearance, (A.uid, B.uid, exact)
         sa, sb = A.samples @ ra.T + ta, B.samples @ rb.T + tb
         if np.isfinite(cKDTree(sb).query(sa, k=1, distance_upper_bound=clearance)[0]).any():
             condemned += 1
-            assert exact < clearance, (MESHES[a], MESHES[b], exact)
+            assert exact < clearance, (A.uid, B.uid, exact)
     # both shortcuts decide a real share of the pairs (else they cost without saving anything)
     assert cleared >= 15 and condemned >= 15, (cleared, condemned, pairs)
 
@@ -74,13 +80,8 @@ def test_cropped_queries_equal_the_whole_mesh_ones(shared_assets, monkeypatch, u
     shared = {n: physics.UnitMesh(m) for n, m in units.items()}
     assets = [physics.make_sized_asset(n, units[n], s, unit_mesh=shared[n]) for n in MESHES for s in (0.3, 0.7)]
     reach, below, checked, hits_seen = 0.01, 0, 0, set()
-    for _ in range(120):
-        a, b = rng.choice(len(assets), 2)
-        A, B = assets[a], assets[b]
-        ra, rb = physics.rotz(rng.uniform(0, 2 * np.pi)), physics.rotz(rng.uniform(0, 2 * np.pi))
-        ta = np.zeros(3)
-        tb = np.append(rng.normal(scale=0.3, size=2), rng.uniform(0, 0.3))
-        pa, pb = physics.Posed(A.shapes, ra, ta), physics.Posed(B.shapes, rb, tb)
+    for A, B, pa, pb in _near_pairs(rng, assets, 120, 0.3):
+        rb, tb = pb.rot, pb.t
         exact = physics.distance(pa.exact, pb.exact)
         got = physics.distance_within(pa, pb, reach)
         if exact < reach:
