@@ -68,7 +68,9 @@ class Body:
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
     support: int = 0  # 0 = floor, else the 1-based index of an earlier body
     size: float = 1.0
-    hull: np.ndarray | None = field(default=None, repr=False)  # convex hull vertices, local frame
+    # the hull vertices to simulate, local frame (a ``simulation_hull``: the layout's cache makes it
+    # once per asset pose); None: the mesh's convex hull, thinned here
+    hull: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -130,9 +132,8 @@ class _World:
     def hull_shape(self, body: Body) -> int:
         key = ("hull", body.key)
         if key not in self.shapes:
-            hull = body.hull if body.hull is not None else body.mesh.convex_hull.vertices
-            hull = simulation_hull(hull, self.hull_vertices)
-            self.shapes[key] = self._mesh_shape(f"asset {body.key} (hull)", hull - body.com)
+            hull = body.hull if body.hull is not None else simulation_hull(body.mesh.convex_hull.vertices, self.hull_vertices)
+            self.shapes[key] = self._mesh_shape(f"asset {body.key} (hull)", np.asarray(hull, dtype=np.float64) - body.com)
         return self.shapes[key]
 
     def mesh_shape(self, body: Body) -> int:
