@@ -15,6 +15,7 @@ change a scene.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import sys
@@ -76,8 +77,6 @@ def main() -> None:
         "speedup_median": float(np.median(a) / np.median(b)),
         "identical_scenes": f"{sum(x == y for x, y in zip(specs_a, specs_b))} of {len(specs_a)}",
     }
-    import json
-
     print(json.dumps(res, indent=1))
     print("->", write_result("layout_shards", res))
 
