@@ -217,6 +217,8 @@ def test_a_library_that_drops_assets_gives_the_same_scenes(shared_source):
         made += 1
         assert small.cached_assets() <= 2 < roomy.cached_assets()
     assert made >= 2
+    with pytest.raises(ValueError, match="max_assets"):
+        AssetLibrary(shared_source.records, max_assets=0)
 
 
 def test_unpickled_sources_share_their_process_library(shared_source):
