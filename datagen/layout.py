@@ -47,6 +47,7 @@ RELATIONS = ("left_of", "right_of", "in_front_of", "behind", "on_top_of")
 SIZE_LEVELS = np.round(np.geomspace(0.08, 1.6, 16), 4)
 MIN_CLEARANCE_PAIR = 0.01  # non-support pairs stay >= 1 cm apart: never touching, never a 2nd support
 MIN_HEIGHT_ON_TOP = physics.SUPPORT_GAP_MAX + physics.CONTACT_BAND  # stacked things clear the floor
+DROP_NEAR = (0.005, 0.008)  # metres below / above the estimated resting height searched first (``_drop_onto``)
 SURFACE_POINTS = 4000  # surface samples per instance for the "too close" shortcut of the clearance check
 
 
@@ -111,7 +112,8 @@ class AssetLibrary:
         self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._posed_extras: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._bounds: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # unit-size bounding polytopes
-        self._units: dict[tuple[str, int], physics.UnitMesh] = {}  # triangle boxes and BVH shared by sizes
+        self._units: dict[tuple[str, int], physics.UnitMesh] = {}  # triangle boxes shared by sizes
+        self._mesh_bvhs: dict[str, physics.MeshBVH] = {}  # canonical mesh BVH shared by poses and sizes
         self._simulated: dict[tuple[str, int, int], np.ndarray] = {}  # hull vertices settling simulates
         self._usable: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # uid -> (pose indices, probabilities)
         self.exclusions: dict[str, str] = {}
@@ -201,6 +203,7 @@ class AssetLibrary:
             old, _ = self._recent.popitem(last=False)
             self._canonical.pop(old, None)
             self._bases.pop(old, None)
+            self._mesh_bvhs.pop(old, None)
             for cache in (self._posed, self._posed_extras, self._heights, self._bounds, self._units, self._simulated, self._sized):
                 for key in [k for k in cache if k[0] == old]:
                     del cache[key]
@@ -239,13 +242,25 @@ class AssetLibrary:
             unit = self.posed(uid, pose)[0]
             if (uid, int(pose)) not in self._bounds:
                 self._bounds[(uid, int(pose))] = physics.bounding_polytope(hull)
-                self._units[(uid, int(pose))] = physics.UnitMesh(unit)
+                # every pose's unit mesh is a similarity transform of the canonical one: one BVH
+                # of that serves them all (and every size)
+                m = self.posed(uid, pose)[1]
+                scale = float(np.linalg.norm(m[:3, 0]))
+                self._units[(uid, int(pose))] = physics.UnitMesh(
+                    unit, source=self._mesh_bvh(uid), source_frame=physics.Frame(m[:3, :3] / scale, m[:3, 3], scale))
             self._sized[key] = physics.make_sized_asset(uid, unit, float(size), pose=int(pose),
                                                         unit_extras=(samples, com, hull), unit_bound=self._bounds[(uid, int(pose))],
                                                         unit_mesh=self._units[(uid, int(pose))])
             if len(self._sized) > self.MAX_SIZED:  # scaled meshes and samples: bound the memory of long runs
                 self._sized.popitem(last=False)
         return self._sized[key]
+
+    def _mesh_bvh(self, uid: str) -> physics.MeshBVH:
+        """The canonical mesh's ``MeshBVH`` (built on first use), shared by the asset's poses."""
+        if uid not in self._mesh_bvhs:
+            mesh = self.canonical(uid)
+            self._mesh_bvhs[uid] = physics.MeshBVH(mesh.vertices, mesh.faces)
+        return self._mesh_bvhs[uid]
 
     def simulation_hull(self, asset: physics.SizedAsset, max_vertices: int) -> np.ndarray:
         """``settle.simulation_hull`` of the sized asset's hull (its selection computed once per pose)."""
@@ -356,14 +371,32 @@ def _support_heights(anchor: Placed, lib: AssetLibrary):
 
     def exact(world_xy: np.ndarray) -> np.ndarray:
         local = anchor.local_xy(world_xy) / size
-        origins = np.column_stack([local, np.full(len(local), unit.bounds[1, 2] + 1.0)])
-        loc, idx, _ = unit.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(local), 1)), multiple_hits=False)
-        h = np.full(len(local), -np.inf)
-        if len(idx):  # no hit at all: trimesh returns an empty 1-D array, not (0, 3)
-            np.maximum.at(h, np.asarray(idx), np.asarray(loc).reshape(-1, 3)[:, 2] * size)
-        return h + anchor.t[2]
+        return first_heights_below(unit, local) * size + anchor.t[2]
 
     return estimate, exact, hm
+
+
+def first_heights_below(mesh: trimesh.Trimesh, xy: np.ndarray) -> np.ndarray:
+    """(N,) height of the highest surface of ``mesh`` below each point ``xy`` ((N, 2), mesh
+    frame), -inf where none: the first hit of a ray cast straight down from above the mesh.
+
+    Embree finds the triangle; its height at the point comes from the triangle's plane. This is
+    what ``intersects_location(..., multiple_hits=False)`` answers, with its rule that a triangle
+    seen edge-on (|normal z| <= 1e-5) gives no hit, at a third of its cost: trimesh's general
+    ray-plane step took two thirds of the time of the stability checks."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    origins = np.column_stack([xy, np.full(len(xy), mesh.bounds[1, 2] + 1.0)])
+    tri = np.asarray(mesh.ray.intersects_first(origins, np.tile([0.0, 0.0, -1.0], (len(xy), 1))))
+    h = np.full(len(xy), -np.inf)
+    hit = np.flatnonzero(tri >= 0)
+    if len(hit):
+        n = mesh.face_normals[tri[hit]]
+        v0 = mesh.vertices[mesh.faces[tri[hit], 0]]
+        ok = np.abs(n[:, 2]) > 1e-5
+        hit, n, v0 = hit[ok], n[ok], v0[ok]
+        # the plane n . (p - v0) = 0 at (x, y)
+        h[hit] = v0[:, 2] + (n[:, 0] * (v0[:, 0] - xy[hit, 0]) + n[:, 1] * (v0[:, 1] - xy[hit, 1])) / n[:, 2]
+    return h
 
 
 def _stable(p: Placed, heights_at, lift: bool = False) -> bool:
@@ -512,28 +545,47 @@ class SceneSampler:
 
     def _drop_onto(self, asset, yaw, xy, anchor: Placed, z_est: float) -> float | None:
         """Exact contact height with fcl: bisect between a colliding and a free height (the meshes
-        cropped once to where they can meet over the heights searched)."""
-        rot, top = physics.rotz(yaw), z_est + 0.1  # the highest ``hi`` that is tested
-        sweep = physics.VerticalSweep(asset.shapes, rot, np.array([xy[0], xy[1], 0.0]), (z_est - 0.02, top), anchor.shapes)
-        hits = sweep.hits
-        lo, hi = z_est - 0.02, z_est + 0.002
-        if not hits(lo):  # falls through the surface estimate: nothing solid below
-            lo2 = z_est - 0.2
-            sweep = physics.VerticalSweep(asset.shapes, rot, np.array([xy[0], xy[1], 0.0]), (lo2, top), anchor.shapes)
-            hits = sweep.hits
-            if not hits(lo2):
+        cropped once to where they can meet over the heights searched).
+
+        The height-map estimate is within a few millimetres of the contact for nearly every drop
+        (on 90 real-asset scenes, 98% of contacts lay in [z_est - 3.4 mm, z_est + 4 mm]), so the
+        search first brackets the contact in ``DROP_NEAR`` around it: a sweep over 13 mm crops a
+        small object to its lowest millimetres, where one over the whole 12 cm search kept every
+        triangle of it (and built its whole BVH: the tail of layout time). Outside it, the wide
+        search runs as before."""
+        rot, start = physics.rotz(yaw), np.array([xy[0], xy[1], 0.0])
+        below, above = DROP_NEAR
+        near = physics.VerticalSweep(asset.shapes, rot, start, (z_est - below, z_est + above), anchor.shapes)
+        if near.hits(z_est - below):
+            z = self._bisect_contact(near.hits, z_est - below, z_est, z_est + above)
+            if z is not None:
+                return z + float(self.rng.uniform(*self.cfg.support_gap))
+        top = z_est + 0.1  # the highest ``hi`` that is tested
+        sweep = physics.VerticalSweep(asset.shapes, rot, start, (z_est - 0.02, top), anchor.shapes)
+        lo = z_est - 0.02
+        if not sweep.hits(lo):  # falls through the surface estimate: nothing solid below
+            lo = z_est - 0.2
+            sweep = physics.VerticalSweep(asset.shapes, rot, start, (lo, top), anchor.shapes)
+            if not sweep.hits(lo):
                 return None
-            lo = lo2
-        step = 0.002
+        z = self._bisect_contact(sweep.hits, lo, z_est, top)
+        return None if z is None else z + float(self.rng.uniform(*self.cfg.support_gap))
+
+    @staticmethod
+    def _bisect_contact(hits, lo: float, z_est: float, top: float) -> float | None:
+        """The lowest free height found by bisection above ``lo`` (which collides), after stepping
+        up from ``z_est + 2 mm`` in doubling steps to a free height; None when none is free up to
+        ``top``."""
+        hi, step = z_est + 0.002, 0.002
         while hits(hi):
             hi += step
             step *= 2
-            if hi > z_est + 0.1:
+            if hi > top:
                 return None
         for _ in range(24):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if hits(mid) else (lo, mid)
-        return hi + float(self.rng.uniform(*self.cfg.support_gap))
+        return hi
 
     def add(self) -> bool:
         rels = list(self.cfg.relation_probs)

@@ -3,8 +3,8 @@
 Queries: ``collide`` (first contact only, microseconds) for the drop search and ``distance`` for the
 "no touching" and "within 5 mm of its support" rules.
 
-A BVH of a real asset costs ~8 us per triangle to build (1 s for an 84k-triangle mesh), fcl cannot
-scale one (so a BVH over a whole mesh is good for one size only), and most pairs a scene checks are
+A BVH of a real asset costs ~3-5 us per triangle to build (0.3 s for an 84k-triangle mesh), fcl
+cannot scale one (a query is posed in the BVH's frame instead), and most pairs a scene checks are
 far apart. So the checks are layered:
 
 - ``clear_by_bounds`` answers "at least this far apart" from convex solids that contain the meshes
@@ -15,9 +15,10 @@ far apart. So the checks are layered:
 - Pairs whose solids come closer are measured on the triangles that can matter only
   (``distance_within``, ``VerticalSweep``): a question "closer than r?" is answered exactly by the
   triangles of each mesh whose boxes reach within r of the other mesh's box, so only those get a
-  BVH, built for that query; a side that keeps many is measured against its unit mesh's BVH
-  (``UnitMesh``), built once for all sizes. Whole-mesh BVHs per (asset, pose, size) cost 2-3 builds of ~40 ms
-  per 8-instance scene even in a long run's steady state, and held 2-3 GB per process in their cache.
+  BVH, built for that query; a side that keeps many may be measured against its asset's whole BVH
+  (``MeshBVH``, one for all poses and sizes, built when its crops have cost as much). Whole-mesh
+  BVHs per (asset, pose, size) cost 2-3 builds of ~40 ms per 8-instance scene even in a long
+  run's steady state, and held 2-3 GB per process in their cache.
 """
 
 from __future__ import annotations
@@ -68,21 +69,21 @@ def bounding_polytope(points: np.ndarray, n_directions: int = BOUND_DIRECTIONS) 
 
 
 class BVHBudget:
-    """At most ``max_triangles`` triangles' worth of unit-mesh BVHs kept built; the least recently
+    """At most ``max_triangles`` triangles' worth of whole-mesh BVHs kept built; the least recently
     used give theirs up (a catalog of thousands of assets would otherwise hold them all)."""
 
     def __init__(self, max_triangles: int):
         self.max_triangles = int(max_triangles)
-        self._built: OrderedDict[int, UnitMesh] = OrderedDict()
+        self._built: OrderedDict[int, MeshBVH] = OrderedDict()
         self.triangles = 0
 
-    def touch(self, unit: "UnitMesh") -> None:
-        key = id(unit)
+    def touch(self, mesh: "MeshBVH") -> None:
+        key = id(mesh)
         if key in self._built:
             self._built.move_to_end(key)
             return
-        self._built[key] = unit
-        self.triangles += len(unit.faces)
+        self._built[key] = mesh
+        self.triangles += len(mesh.faces)
         while self.triangles > self.max_triangles and len(self._built) > 1:
             _, old = self._built.popitem(last=False)
             self.triangles -= len(old.faces)
@@ -92,20 +93,21 @@ class BVHBudget:
 UNIT_BVHS = BVHBudget(4_000_000)  # ~2 GB of fcl nodes at most, in practice a few hundred MB
 
 
-class UnitMesh:
-    """A mesh that every size level of one asset pose scales (by a positive factor): its
-    triangles' boxes (``lows``, ``highs``: (3, F)) for crops and, on first use, its BVH. One BVH
-    serves every size, because a query can be posed in this mesh's frame with the other mesh
-    scaled instead (fcl moves BVHs rigidly but cannot scale them)."""
+class MeshBVH:
+    """A mesh's whole BVH, built on first use (kept within ``UNIT_BVHS``), and the triangles spent
+    so far on BVHs of its crops instead. One serves every pose and size of an asset: they are
+    similarity transforms of its mesh, and a query is posed in this mesh's frame.
 
-    def __init__(self, mesh: trimesh.Trimesh):
-        self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
-        self.faces = np.asarray(mesh.faces)
-        lows, highs = triangle_boxes(mesh)
-        # per axis, contiguous: a box test filters axis by axis on contiguous rows (15x faster on
-        # 84k triangles than one (F, 3) comparison reduced with np.all)
-        self.lows, self.highs = np.ascontiguousarray(lows.T), np.ascontiguousarray(highs.T)
+    Whether a crop should use it (``worth_building``) is a rent-or-buy choice: a whole BVH costs
+    its triangle count once, a crop's BVH its own count every time. Crops are built until they add
+    up to the whole mesh, then the whole is: never more than twice the better of the two choices in
+    hindsight. (An 84k-triangle flat asset kept 49k triangles per drop, a 115k one 5k.)"""
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray):
+        self.vertices = np.asarray(vertices, dtype=np.float64)
+        self.faces = np.asarray(faces)
         self._bvh: fcl.BVHModel | None = None
+        self.cropped = 0  # triangles built into crop BVHs of this mesh so far
 
     @property
     def has_bvh(self) -> bool:
@@ -117,6 +119,46 @@ class UnitMesh:
             self._bvh = bvh_of(self.vertices, self.faces)
         UNIT_BVHS.touch(self)
         return self._bvh
+
+    def worth_building(self, kept: int) -> bool:
+        """Use the whole BVH for a crop of ``kept`` of its triangles (True), or build the crop's
+        (False, counted)? Crops of up to ``UNIT_BVH_FROM`` triangles are always built (a few ms)."""
+        if self.has_bvh:
+            return True
+        if kept <= UNIT_BVH_FROM:
+            return False
+        if self.cropped + kept >= len(self.faces):
+            return True
+        self.cropped += kept
+        return False
+
+
+class UnitMesh:
+    """A mesh that every size level of one asset pose scales (by a positive factor): its
+    triangles' boxes (``lows``, ``highs``: (3, F)) for crops, and the ``MeshBVH`` of the mesh it is
+    a similarity transform of (``source``, by ``source_frame``: unit = scale * rot @ source + t; by
+    default itself). fcl moves BVHs rigidly but cannot scale them, so a query is posed in the
+    source's frame with the other mesh scaled instead."""
+
+    def __init__(self, mesh: trimesh.Trimesh, source: MeshBVH | None = None, source_frame: "Frame | None" = None):
+        self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
+        self.faces = np.asarray(mesh.faces)
+        lows, highs = triangle_boxes(mesh)
+        # per axis, contiguous: a box test filters axis by axis on contiguous rows (15x faster on
+        # 84k triangles than one (F, 3) comparison reduced with np.all)
+        self.lows, self.highs = np.ascontiguousarray(lows.T), np.ascontiguousarray(highs.T)
+        if source is None:
+            source, source_frame = MeshBVH(self.vertices, self.faces), None
+        self.source = source
+        self.source_frame = WORLD if source_frame is None else source_frame
+
+    @property
+    def has_bvh(self) -> bool:
+        return self.source.has_bvh
+
+    @property
+    def bvh(self) -> fcl.BVHModel:
+        return self.source.bvh
 
 
 class Shapes:
@@ -214,8 +256,9 @@ class Posed:
         return _box_of_frame(self.shapes.box_of(keep), self.rot, self.t)
 
     def frame(self) -> "Frame":
-        """The frame of its unit mesh: world = scale * rot @ unit + t."""
-        return Frame(self.rot, self.t, self.shapes.scale)
+        """The frame of its unit mesh's BVH source: world = scale * rot @ source + t."""
+        f, scale = self.shapes.unit.source_frame, self.shapes.scale
+        return Frame(self.rot @ f.rot, scale * (self.rot @ f.t) + self.t, scale * f.scale)
 
     def triangles_in(self, keep: np.ndarray, frame: "Frame") -> fcl.BVHModel:
         """A BVH of its triangles ``keep`` (non-empty), their vertices expressed in ``frame``."""
@@ -248,13 +291,13 @@ def _meeting(a: Posed, keep_a: np.ndarray, b: Posed, keep_b: np.ndarray) -> tupl
     """(frame, whose frame it is: "a", "b" or "world", BVH of a, BVH of b), both BVHs in ``frame``,
     for the query on the kept triangles.
 
-    When the side keeping more triangles keeps many (or its unit BVH is built already), the frame
-    is that side's unit mesh, and its whole unit BVH (built once for every size) stands for its
-    crop: the other side's kept triangles are moved and scaled into that frame. Otherwise both
-    crops are built in the world."""
+    When the side keeping more triangles has its whole BVH built, or it is worth building now
+    (``MeshBVH.worth_building``), the frame is that BVH's mesh (one for every pose and size of the
+    asset), and the whole BVH stands for the crop: the other side's kept triangles are moved and
+    scaled into that frame. Otherwise both crops are built in the world."""
     a_big = len(keep_a) >= len(keep_b)
     big, big_keep = (a, keep_a) if a_big else (b, keep_b)
-    if len(big_keep) > UNIT_BVH_FROM or big.shapes.unit.has_bvh:
+    if big.shapes.unit.source.worth_building(len(big_keep)):
         frame = big.frame()
         if a_big:
             return frame, "a", a.shapes.unit.bvh, b.triangles_in(keep_b, frame)
@@ -432,10 +475,16 @@ def make_sized_asset(uid: str, canonical: trimesh.Trimesh, size: float, n_sample
 
 
 def samples_and_com(mesh: trimesh.Trimesh, n_samples: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Surface samples (incl. vertices) and centre of mass (volume if watertight, else surface)."""
+    """Surface samples (incl. vertices, each place once) and centre of mass (volume if
+    watertight, else surface).
+
+    A vertex stored several times is one sample: an STL keeps every triangle's corners apart
+    (counter.unitsmm.STL: 251k vertices at 42k places), and each sample is a ray of every
+    stability check the instance gets (50 ms a check for that asset before)."""
     pts, _ = trimesh.sample.sample_surface(mesh, n_samples, seed=seed)
     com = mesh.center_mass if mesh.is_watertight and mesh.volume > 1e-12 else mesh.triangles_center.T @ mesh.area_faces / mesh.area
-    return np.vstack([pts, mesh.vertices]), np.asarray(com, dtype=np.float64)
+    first = np.sort(trimesh.grouping.unique_rows(np.asarray(mesh.vertices))[0])  # one per place, in stored order
+    return np.vstack([pts, np.asarray(mesh.vertices)[first]]), np.asarray(com, dtype=np.float64)
 
 
 def posed(asset: SizedAsset, rotation, translation: np.ndarray) -> Posed:

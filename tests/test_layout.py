@@ -233,3 +233,25 @@ def test_unpickled_sources_share_their_process_library(shared_source):
     other = RandomSceneSource(shared_source.records[:-1], LayoutConfig(**SMALL), 0)
     assert other.library is not a.library
     assert len(L._LIBRARIES) <= L.LIBRARIES_PER_PROCESS
+
+
+@pytest.mark.parametrize("name", ["table.glb", "chairDesk.glb", "bunny.ply", "Duck.glb"])
+def test_first_heights_below_are_trimeshs_first_hits(shared_assets, name):
+    """The stability rule's support heights (``first_heights_below``: embree's first triangle and
+    its plane) are trimesh's ``intersects_location`` first hits, rays that miss included."""
+    from assets_manifest import load_mesh
+    from datagen.layout import first_heights_below
+
+    mesh = load_mesh(shared_assets / name)
+    rng = np.random.default_rng(0)
+    lo, hi = mesh.bounds
+    pad = 0.1 * (hi - lo)  # some rays pass beside the mesh
+    xy = rng.uniform(lo[:2] - pad[:2], hi[:2] + pad[:2], size=(3000, 2))
+    got = first_heights_below(mesh, xy)
+    origins = np.column_stack([xy, np.full(len(xy), hi[2] + 1.0)])
+    loc, idx, _ = mesh.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(xy), 1)), multiple_hits=False)
+    want = np.full(len(xy), -np.inf)
+    want[np.asarray(idx, dtype=np.int64)] = np.asarray(loc).reshape(-1, 3)[:, 2]
+    assert np.isfinite(got).sum() > 500 and (~np.isfinite(got)).sum() > 50
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    assert np.allclose(got[np.isfinite(got)], want[np.isfinite(want)], atol=1e-9 * float(np.ptp(mesh.vertices)))

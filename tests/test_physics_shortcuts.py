@@ -69,15 +69,28 @@ def test_shortcuts_agree_with_the_exact_distance_on_real_mesh_pairs(shared_asset
     assert cleared >= 15 and condemned >= 15, (cleared, condemned, pairs)
 
 
-@pytest.mark.parametrize("unit_bvh_from", [0, 10**9], ids=["unit-frame", "world-crops"])
-def test_cropped_queries_equal_the_whole_mesh_ones(shared_assets, monkeypatch, unit_bvh_from):
+def _posed_from_source(mesh, rng):
+    """(``UnitMesh`` of ``mesh``, its BVH source): the source is ``mesh`` turned by a random
+    rotation, scaled and moved, so the unit mesh is a similarity transform of it (as an asset's
+    poses are of its canonical mesh)."""
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+    scale, t = float(rng.uniform(0.5, 2.0)), rng.normal(size=3)
+    source = physics.MeshBVH((np.asarray(mesh.vertices) - t) @ rot / scale, mesh.faces)  # unit = scale * rot @ source + t
+    return physics.UnitMesh(mesh, source=source, source_frame=physics.Frame(rot, t, scale))
+
+
+@pytest.mark.parametrize("whole_bvh", [True, False], ids=["source-frame", "world-crops"])
+def test_cropped_queries_equal_the_whole_mesh_ones(shared_assets, monkeypatch, whole_bvh):
     """``distance_within`` and ``VerticalSweep`` measure only the triangles within reach (in the
-    world, or in one side's unit-mesh frame with the other scaled into it); the verdicts and the
-    distances below the reach must be the whole meshes' own, for sizes that share one unit mesh."""
-    monkeypatch.setattr(physics, "UNIT_BVH_FROM", unit_bvh_from)
+    world, or in the frame of one side's BVH source with the other scaled into it); the verdicts and
+    the distances below the reach must be the whole meshes' own, for sizes that share one unit
+    mesh, whose source is another pose of it."""
+    monkeypatch.setattr(physics.MeshBVH, "worth_building", lambda self, kept: whole_bvh)
     rng = np.random.default_rng(1)
     units = {n: _unit(shared_assets, n) for n in MESHES}
-    shared = {n: physics.UnitMesh(m) for n, m in units.items()}
+    shared = {n: _posed_from_source(m, rng) for n, m in units.items()}
     assets = [physics.make_sized_asset(n, units[n], s, unit_mesh=shared[n]) for n in MESHES for s in (0.3, 0.7)]
     reach, below, checked, hits_seen = 0.01, 0, 0, set()
     for A, B, pa, pb in _near_pairs(rng, assets, 120, 0.3):
@@ -104,6 +117,19 @@ def test_unit_bvh_budget_drops_the_least_recently_used(shared_assets):
     budget = physics.BVHBudget(max_triangles=1)
     units = [physics.UnitMesh(_unit(shared_assets, n)) for n in ("Duck.glb", "table.glb")]
     for u in units:
-        u._bvh = physics.bvh_of(u.vertices, u.faces)
-        budget.touch(u)
+        u.source._bvh = physics.bvh_of(u.vertices, u.faces)
+        budget.touch(u.source)
     assert not units[0].has_bvh and units[1].has_bvh and budget.triangles == len(units[1].faces)
+
+
+def test_whole_bvh_is_built_once_crops_add_up_to_it():
+    """Rent or buy: crops of a mesh get their own BVHs until their triangles add up to the whole
+    mesh's count; from then on the whole BVH answers (built once, never more than twice the cost
+    of the better choice in hindsight). Small crops never buy it."""
+    faces = np.zeros((10 * physics.UNIT_BVH_FROM, 3), dtype=np.int64)
+    src = physics.MeshBVH(np.zeros((3, 3)), faces)
+    small, big = physics.UNIT_BVH_FROM, 4 * physics.UNIT_BVH_FROM + 1
+    assert not any(src.worth_building(small) for _ in range(50)) and src.cropped == 0
+    assert [src.worth_building(big) for _ in range(3)] == [False, False, True]
+    assert src.cropped == 2 * big
+    assert physics.MeshBVH(np.zeros((3, 3)), faces).worth_building(len(faces))  # a crop of all of it buys at once
