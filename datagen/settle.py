@@ -33,6 +33,10 @@ import trimesh
 from datagen import physics
 
 
+PYBULLET_MAX_VERTICES = 131072  # per collision shape (measured with pybullet 3.2.7: 131072 builds, 140000 fails)
+PYBULLET_MAX_INDICES = 524288  # per collision shape (170k triangles build, 180k fail)
+
+
 class SettleError(Exception):
     """The scene does not survive settling; the message says which instance and why."""
 
@@ -126,7 +130,7 @@ class _World:
             raise SettleError(f"{what}: {len(vertices)} vertices, too few for a collision shape")
         try:
             return self.pb.createCollisionShape(self.pb.GEOM_MESH, vertices=vertices.tolist(), physicsClientId=self.cid, **kwargs)
-        except self.pb.error as exc:
+        except (self.pb.error, SystemError) as exc:  # past its index limit PyBullet raises a bare SystemError
             raise SettleError(f"{what}: PyBullet could not build its collision shape ({exc})") from None
 
     def hull_shape(self, body: Body) -> int:
@@ -137,11 +141,24 @@ class _World:
         return self.shapes[key]
 
     def mesh_shape(self, body: Body) -> int:
+        """The body's triangles as a static concave shape (a support), each vertex place once.
+
+        PyBullet takes at most ``PYBULLET_MAX_VERTICES`` vertices and ``PYBULLET_MAX_INDICES``
+        indices per shape and fails past them with a bare "createCollisionShape failed". An STL
+        stores every triangle's corners apart (counter.unitsmm.STL: 251k vertices at 42k places),
+        so before welding it could never be a support: 8 of 119 settled scenes on ../shared/assets
+        failed on it."""
         key = ("tri", body.key)
         if key not in self.shapes:
-            m = body.mesh
-            self.shapes[key] = self._mesh_shape(f"asset {body.key} (triangles)", np.asarray(m.vertices, dtype=np.float64) - body.com,
-                                                indices=m.faces.ravel().tolist(), flags=self.pb.GEOM_FORCE_CONCAVE_TRIMESH)
+            what = f"asset {body.key} (triangles)"
+            first, inverse = trimesh.grouping.unique_rows(np.asarray(body.mesh.vertices))
+            vertices, faces = np.asarray(body.mesh.vertices)[first], inverse[np.asarray(body.mesh.faces)]
+            if len(vertices) > PYBULLET_MAX_VERTICES or faces.size > PYBULLET_MAX_INDICES:
+                raise SettleError(f"{what}: {len(vertices)} vertices and {len(faces)} triangles, above PyBullet's limit for one "
+                                  f"shape ({PYBULLET_MAX_VERTICES} vertices, {PYBULLET_MAX_INDICES // 3} triangles): it cannot "
+                                  "be a support when settling")
+            self.shapes[key] = self._mesh_shape(what, vertices - body.com, indices=faces.ravel().tolist(),
+                                                flags=self.pb.GEOM_FORCE_CONCAVE_TRIMESH)
         return self.shapes[key]
 
     def add(self, shape: int, mass: float, rot: np.ndarray, com_world: np.ndarray, cfg: SettleConfig, size: float = 1.0) -> int:

@@ -119,3 +119,38 @@ def test_a_shape_pybullet_cannot_build_is_a_settle_error_not_a_crash():
     world.configure(SettleConfig())
     with pytest.raises(SettleError, match="too few"):
         world._mesh_shape("asset empty", np.zeros((0, 3)))
+
+
+def _slab_body(unwelded: bool, subdivisions: int, size: float = 0.4) -> Body:
+    """A 0.4 m slab (a box subdivided into many triangles); ``unwelded``: every triangle keeps its
+    own three vertices, as an STL stores them."""
+    mesh = trimesh.creation.box((size, size, size / 4))
+    for _ in range(subdivisions):
+        mesh = mesh.subdivide()
+    if unwelded:
+        mesh = trimesh.Trimesh(mesh.triangles.reshape(-1, 3), np.arange(3 * len(mesh.faces)).reshape(-1, 3), process=False)
+    mesh.apply_translation([0, 0, size / 8])
+    return Body(("slab", unwelded, subdivisions), mesh, np.array([0.0, 0.0, size / 8]), physics.Shapes(mesh), np.eye(3),
+                np.array([0.0, 0.0, 0.001]), 0, size)
+
+
+def test_a_support_stored_as_separate_triangle_corners_settles():
+    """An STL support (every triangle's corners stored apart: 147k vertices here, 24.6k places) is
+    past PyBullet's 131072 vertices per shape unless its vertices are welded: before, it could
+    never carry anything (8 of 119 settled real-asset scenes failed on counter.unitsmm.STL)."""
+    lower = _slab_body(unwelded=True, subdivisions=6)
+    assert len(lower.mesh.vertices) > 131072
+    upper = _box_body(np.eye(3), 0.1 + 0.002, 0.1)
+    upper.support = 1
+    res = settle_scene([lower, upper])
+    assert res.support == [0, 1]
+
+
+def test_a_support_past_pybullets_limits_is_named_in_the_settle_error():
+    """Past PyBullet's limits after welding (here 196k triangles), the scene fails with a reason
+    naming the limit, not a bare "createCollisionShape failed" or a SystemError."""
+    lower = _slab_body(unwelded=False, subdivisions=7)
+    upper = _box_body(np.eye(3), 0.1 + 0.002, 0.1)
+    upper.support = 1
+    with pytest.raises(SettleError, match="above PyBullet's limit"):
+        settle_scene([lower, upper])
