@@ -120,6 +120,11 @@ class MeshBVH:
         UNIT_BVHS.touch(self)
         return self._bvh
 
+    def crop(self, keep: np.ndarray) -> fcl.BVHModel:
+        """A BVH of the triangles ``keep`` only, in this mesh's coordinates."""
+        used, tris = np.unique(self.faces[keep], return_inverse=True)
+        return bvh_of(self.vertices[used], tris.reshape(-1, 3))
+
     def worth_building(self, kept: int) -> bool:
         """Use the whole BVH for a crop of ``kept`` of its triangles (True), or build the crop's
         (False, counted)? Crops of up to ``UNIT_BVH_FROM`` triangles are always built (a few ms)."""
@@ -288,21 +293,23 @@ WORLD = Frame(np.eye(3), np.zeros(3))
 
 
 def _meeting(a: Posed, keep_a: np.ndarray, b: Posed, keep_b: np.ndarray) -> tuple[Frame, str, fcl.BVHModel, fcl.BVHModel]:
-    """(frame, whose frame it is: "a", "b" or "world", BVH of a, BVH of b), both BVHs in ``frame``,
-    for the query on the kept triangles.
+    """(frame, whose frame it is: "a" or "b", BVH of a, BVH of b), both BVHs in ``frame``, for the
+    query on the kept triangles.
 
-    When the side keeping more triangles has its whole BVH built, or it is worth building now
-    (``MeshBVH.worth_building``), the frame is that BVH's mesh (one for every pose and size of the
-    asset), and the whole BVH stands for the crop: the other side's kept triangles are moved and
-    scaled into that frame. Otherwise both crops are built in the world."""
+    The frame is that of the BVH source (the asset's canonical mesh) of the side keeping more
+    triangles, and the other side's kept triangles are moved and scaled into it. The bigger side
+    is its whole BVH when that is built or worth building now (``MeshBVH.worth_building``), else a
+    BVH of its kept triangles, from the same source coordinates. Either way every triangle that
+    can meet has the same coordinates, so the answer is the same to the last bit: a scene does not
+    depend on which BVHs a worker happened to have built (checked by
+    ``bench/bench_layout_shards.py``: a cold library per shard and one warm library give
+    identical scenes)."""
     a_big = len(keep_a) >= len(keep_b)
-    big, big_keep = (a, keep_a) if a_big else (b, keep_b)
-    if big.shapes.unit.source.worth_building(len(big_keep)):
-        frame = big.frame()
-        if a_big:
-            return frame, "a", a.shapes.unit.bvh, b.triangles_in(keep_b, frame)
-        return frame, "b", a.triangles_in(keep_a, frame), b.shapes.unit.bvh
-    return WORLD, "world", a.triangles_in(keep_a, WORLD), b.triangles_in(keep_b, WORLD)
+    big, big_keep, small, small_keep = (a, keep_a, b, keep_b) if a_big else (b, keep_b, a, keep_a)
+    frame, source = big.frame(), big.shapes.unit.source
+    big_bvh = source.bvh if source.worth_building(len(big_keep)) else source.crop(big_keep)
+    small_bvh = small.triangles_in(small_keep, frame)
+    return (frame, "a", big_bvh, small_bvh) if a_big else (frame, "b", small_bvh, big_bvh)
 
 
 def _at(bvh: fcl.BVHModel) -> fcl.CollisionObject:

@@ -81,10 +81,10 @@ def _posed_from_source(mesh, rng):
     return physics.UnitMesh(mesh, source=source, source_frame=physics.Frame(rot, t, scale))
 
 
-@pytest.mark.parametrize("whole_bvh", [True, False], ids=["source-frame", "world-crops"])
+@pytest.mark.parametrize("whole_bvh", [True, False], ids=["whole-bvh", "crop-bvh"])
 def test_cropped_queries_equal_the_whole_mesh_ones(shared_assets, monkeypatch, whole_bvh):
     """``distance_within`` and ``VerticalSweep`` measure only the triangles within reach (in the
-    world, or in the frame of one side's BVH source with the other scaled into it); the verdicts and
+    frame of one side's BVH source with the other scaled into it, that side whole or cropped); the verdicts and
     the distances below the reach must be the whole meshes' own, for sizes that share one unit
     mesh, whose source is another pose of it."""
     monkeypatch.setattr(physics.MeshBVH, "worth_building", lambda self, kept: whole_bvh)
@@ -133,3 +133,42 @@ def test_whole_bvh_is_built_once_crops_add_up_to_it():
     assert [src.worth_building(big) for _ in range(3)] == [False, False, True]
     assert src.cropped == 2 * big
     assert physics.MeshBVH(np.zeros((3, 3)), faces).worth_building(len(faces))  # a crop of all of it buys at once
+
+
+def _resting_pairs(rng, assets, n: int):
+    """Posed pairs a few millimetres apart: B dropped onto A (whole-mesh contact found by
+    bisection), then lifted 0.5-5 mm, where distances within reach are measured."""
+    out = []
+    for A, B, pa, pb in _near_pairs(rng, assets, n, 0.15):
+        def hits(z):
+            return physics.collide(physics.Posed(B.shapes, pb.rot, pb.t + [0.0, 0.0, z]).exact, pa.exact)
+        lo, hi = -0.3, 0.3
+        if not hits(lo) or hits(hi):
+            continue
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if hits(mid) else (lo, mid)
+        out.append((A, B, pa, physics.Posed(B.shapes, pb.rot, pb.t + [0.0, 0.0, hi + rng.uniform(0.0005, 0.005)])))
+    return out
+
+
+def test_whole_and_cropped_bvh_give_the_same_bits(shared_assets, monkeypatch):
+    """Whether a side's whole BVH was built (it depends on what a worker did before) must not
+    change any answer, not even in the last bit: a scene is a function of its seed alone."""
+    rng = np.random.default_rng(2)
+    units = {n: _unit(shared_assets, n) for n in MESHES}
+    shared = {n: _posed_from_source(m, rng) for n, m in units.items()}
+    assets = [physics.make_sized_asset(n, units[n], s, unit_mesh=shared[n]) for n in MESHES for s in (0.3, 0.7)]
+    pairs = _resting_pairs(rng, assets, 60)
+    answers = {}
+    for whole in (False, True):
+        monkeypatch.setattr(physics.MeshBVH, "worth_building", lambda self, kept, whole=whole: whole)
+        out = []
+        for A, B, pa, pb in pairs:
+            out.append(min(physics.distance_within(pa, pb, 0.01), 0.01))  # past the reach only ">= reach" is promised
+            sweep = physics.VerticalSweep(B.shapes, pb.rot, pb.t, (-0.01, 0.0), pa)
+            out.extend(sweep.hits(float(z)) for z in np.linspace(-0.01, 0.0, 5))
+        answers[whole] = out
+    near = [d for d in answers[True][::6] if 0 < d < 0.01]  # distances within reach, bit for bit
+    assert len(near) >= 20, near
+    assert answers[True] == answers[False]
