@@ -548,8 +548,8 @@ class SceneSampler:
         cropped once to where they can meet over the heights searched).
 
         The height-map estimate is within a few millimetres of the contact for nearly every drop
-        (on 90 real-asset scenes, 98% of contacts lay in [z_est - 3.4 mm, z_est + 4 mm]), so the
-        search first brackets the contact in ``DROP_NEAR`` around it: a sweep over 13 mm crops a
+        (all 111 drops of 90 real-asset scenes found their contact in the band), so the search
+        first brackets the contact in ``DROP_NEAR`` around it: a sweep over 13 mm crops a
         small object to its lowest millimetres, where one over the whole 12 cm search kept every
         triangle of it (and built its whole BVH: the tail of layout time). Outside it, the wide
         search runs as before."""
