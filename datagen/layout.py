@@ -239,12 +239,11 @@ class AssetLibrary:
             self._sized.move_to_end(key)
         else:
             samples, com, hull = self.posed_extras(uid, pose)
-            unit = self.posed(uid, pose)[0]
+            unit, m = self.posed(uid, pose)
             if (uid, int(pose)) not in self._bounds:
                 self._bounds[(uid, int(pose))] = physics.bounding_polytope(hull)
                 # every pose's unit mesh is a similarity transform of the canonical one: one BVH
                 # of that serves them all (and every size)
-                m = self.posed(uid, pose)[1]
                 scale = float(np.linalg.norm(m[:3, 0]))
                 self._units[(uid, int(pose))] = physics.UnitMesh(
                     unit, source=self._mesh_bvh(uid), source_frame=physics.Frame(m[:3, :3] / scale, m[:3, 3], scale))
@@ -555,20 +554,20 @@ class SceneSampler:
         search runs as before."""
         rot, start = physics.rotz(yaw), np.array([xy[0], xy[1], 0.0])
         below, above = DROP_NEAR
+        z = None
         near = physics.VerticalSweep(asset.shapes, rot, start, (z_est - below, z_est + above), anchor.shapes)
         if near.hits(z_est - below):
             z = self._bisect_contact(near.hits, z_est - below, z_est, z_est + above)
-            if z is not None:
-                return z + float(self.rng.uniform(*self.cfg.support_gap))
-        top = z_est + 0.1  # the highest ``hi`` that is tested
-        sweep = physics.VerticalSweep(asset.shapes, rot, start, (z_est - 0.02, top), anchor.shapes)
-        lo = z_est - 0.02
-        if not sweep.hits(lo):  # falls through the surface estimate: nothing solid below
-            lo = z_est - 0.2
-            sweep = physics.VerticalSweep(asset.shapes, rot, start, (lo, top), anchor.shapes)
-            if not sweep.hits(lo):
-                return None
-        z = self._bisect_contact(sweep.hits, lo, z_est, top)
+        if z is None:
+            top = z_est + 0.1  # the highest ``hi`` that is tested
+            sweep = physics.VerticalSweep(asset.shapes, rot, start, (z_est - 0.02, top), anchor.shapes)
+            lo = z_est - 0.02
+            if not sweep.hits(lo):  # falls through the surface estimate: nothing solid below
+                lo = z_est - 0.2
+                sweep = physics.VerticalSweep(asset.shapes, rot, start, (lo, top), anchor.shapes)
+                if not sweep.hits(lo):
+                    return None
+            z = self._bisect_contact(sweep.hits, lo, z_est, top)
         return None if z is None else z + float(self.rng.uniform(*self.cfg.support_gap))
 
     @staticmethod

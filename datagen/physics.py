@@ -122,8 +122,8 @@ class MeshBVH:
 
     def crop(self, keep: np.ndarray) -> fcl.BVHModel:
         """A BVH of the triangles ``keep`` only, in this mesh's coordinates."""
-        used, tris = np.unique(self.faces[keep], return_inverse=True)
-        return bvh_of(self.vertices[used], tris.reshape(-1, 3))
+        used, tris = _compact(self.faces, keep)
+        return bvh_of(self.vertices[used], tris)
 
     def worth_building(self, kept: int) -> bool:
         """Use the whole BVH for a crop of ``kept`` of its triangles (True), or build the crop's
@@ -156,14 +156,6 @@ class UnitMesh:
             source, source_frame = MeshBVH(self.vertices, self.faces), None
         self.source = source
         self.source_frame = WORLD if source_frame is None else source_frame
-
-    @property
-    def has_bvh(self) -> bool:
-        return self.source.has_bvh
-
-    @property
-    def bvh(self) -> fcl.BVHModel:
-        return self.source.bvh
 
 
 class Shapes:
@@ -268,9 +260,9 @@ class Posed:
     def triangles_in(self, keep: np.ndarray, frame: "Frame") -> fcl.BVHModel:
         """A BVH of its triangles ``keep`` (non-empty), their vertices expressed in ``frame``."""
         unit = self.shapes.unit
-        used, tris = np.unique(unit.faces[keep], return_inverse=True)
+        used, tris = _compact(unit.faces, keep)
         world = (unit.vertices[used] * self.shapes.scale) @ self.rot.T + self.t
-        return bvh_of(frame.from_world(world), tris.reshape(-1, 3))
+        return bvh_of(frame.from_world(world), tris)
 
 
 @dataclass(frozen=True)
@@ -444,6 +436,12 @@ def triangle_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     """(lows, highs): each triangle's axis-aligned box in the mesh frame, (F, 3) each."""
     tri = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces)]
     return tri.min(axis=1), tri.max(axis=1)
+
+
+def _compact(faces: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the vertex indices the triangles ``keep`` use, those triangles renumbered into them)."""
+    used, tris = np.unique(faces[keep], return_inverse=True)
+    return used, tris.reshape(-1, 3)
 
 
 def build_bvh(mesh: trimesh.Trimesh) -> fcl.BVHModel:

@@ -119,7 +119,7 @@ def test_unit_bvh_budget_drops_the_least_recently_used(shared_assets):
     for u in units:
         u.source._bvh = physics.bvh_of(u.vertices, u.faces)
         budget.touch(u.source)
-    assert not units[0].has_bvh and units[1].has_bvh and budget.triangles == len(units[1].faces)
+    assert not units[0].source.has_bvh and units[1].source.has_bvh and budget.triangles == len(units[1].faces)
 
 
 def test_whole_bvh_is_built_once_crops_add_up_to_it():
