@@ -30,6 +30,7 @@ from train.checkpoint import (RunExistsError, latest_checkpoint, load_weights, p
                               save_checkpoint)
 from train.config import TrainConfig
 from train.data import DataConfig, build_loader, check_sources
+from train.lr_schedule import lr_at_step
 from train.models import build_encoder, build_models, encode_latents, encoder_id, tiny_dinov2  # noqa: F401 (re-export)
 
 # ------------------------------------------------------------------------------------- setup --
@@ -151,7 +152,7 @@ def loss_of(model, x0: torch.Tensor, cond: torch.Tensor, rows: Rows, cfg: TrainC
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    return lr_at_step(cfg.lr, step, cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule)
 
 
 def optimizer_step(params: list[torch.nn.Parameter], opt, loss: torch.Tensor, step: int, cfg: TrainConfig, keys: list[str]) -> float:
@@ -305,7 +306,8 @@ def train(cfg: TrainConfig) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(flow) if world > 1 else flow
         if world > 1 and cfg.conditioner == "learned":
             cond_model = torch.nn.parallel.DistributedDataParallel(cond_model)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                  enabled=cfg.bf16 and (device.type == "cuda" or (device.type == "cpu" and cfg.cpu_bf16)))
         log = RunLog(out, rank, world)
         data_pos: list = list(positions) if positions is not None else [None] * nw
         metrics: dict = {}

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from train.lr_schedule import lr_at_step
+
 ENC_NAME = "ss_enc_conv3d_16l8_fp16"
 DEC_NAME = "ss_dec_conv3d_16l8_fp16"
 RESOLUTION = 64
@@ -182,12 +184,8 @@ def build_vae(cfg: VAEConfig):
 
 def lr_at(cfg: VAEConfig, step: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): constant, or a cosine from ``lr`` to 1%
-    of it at ``steps``. A function of the step alone, so a resumed run continues the same curve
-    (and a run extended to more steps continues on the longer one)."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    frac = min(max(step / max(cfg.steps, 1), 0.0), 1.0)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+    of it at ``steps`` (``train.lr_schedule``)."""
+    return lr_at_step(cfg.lr, step, cfg.steps, schedule=cfg.lr_schedule)
 
 
 def prior_init_output(decoder, grids: list[np.ndarray]) -> float:
