@@ -468,11 +468,11 @@ def test_a_train_stage_given_more_steps_continues_its_run(tmp_path):
     ctx = RunContext(out=str(tmp_path))
     out = tmp_path / "cells" / "x" / "train"
 
-    def started(steps: int, deps: list[str]) -> Stage:
-        st = Stage("cell/x/train", "train", str(out), {"steps": steps, "lr": 0.001})
+    def started(steps: int, deps: list[str], **extra) -> Stage:
+        st = Stage("cell/x/train", "train", str(out), {"steps": steps, "lr": 0.001, **extra})
         restart_if_inputs_changed(st, config_hash("train", st.config, deps), ctx, deps)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"steps": steps, "lr": 0.001}))
+        (out / "config.json").write_text(json.dumps({"steps": steps, "lr": 0.001, **extra}))
         (out / "ckpt").mkdir(exist_ok=True)
         return st
 
@@ -492,6 +492,10 @@ def test_a_train_stage_given_more_steps_continues_its_run(tmp_path):
         st = Stage("cell/x/train", "train", str(out), other)
         restart_if_inputs_changed(st, config_hash("train", other, deps), ctx, deps)
         assert not out.exists(), other
+    started(4, ["vae1"], lr_schedule="cosine")  # its curve decays towards 4 steps: 6 steps is another run
+    cos = {"steps": 6, "lr": 0.001, "lr_schedule": "cosine"}
+    restart_if_inputs_changed(Stage("cell/x/train", "train", str(out), cos), config_hash("train", cos, ["vae1"]), ctx, ["vae1"])
+    assert not out.exists()
     started(4, ["vae1"])
     vae = Stage("cell/x/train", "vae", str(out), {"steps": 6})  # the VAE's cosine schedule depends on the total
     restart_if_inputs_changed(vae, config_hash("vae", vae.config, ["vae1"]), ctx, ["vae1"])

@@ -67,11 +67,14 @@ def extends_earlier_run(stage: Stage, before: str, dep_hashes: list[str] | None)
     """True when a train stage's folder holds the same run with fewer ``steps`` (all else, inputs
     included, equal): the trainer then continues it instead of starting over.
 
-    Exact because the learning rate after warm-up does not depend on the total step count
+    Exact because a constant learning rate after warm-up does not depend on the total step count
     (``trainer.lr_at``) and resume restores weights, optimizer, EMA, random streams and data position:
     a run trained to N steps and resumed to M is the run trained to M (tests/test_trainer.py,
-    ``test_kill_and_resume_reaches_the_same_weights`` resumes a 4-step run to 8)."""
+    ``test_kill_and_resume_reaches_the_same_weights`` resumes a 4-step run to 8). A cosine schedule
+    decays towards its total, so a run with another total is another run: it starts afresh."""
     if stage.kind != "train" or dep_hashes is None or not isinstance(stage.config.get("steps"), int):
+        return False
+    if stage.config.get("lr_schedule", "constant") != "constant":
         return False
     try:
         earlier = int(json.loads((Path(stage.out) / "config.json").read_text())["steps"])
