@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from train.lr_schedule import SCHEDULES
+
 
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -42,7 +44,7 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear learning-rate warm-up over this many steps (0: none)")
     lr_schedule: str = _f("constant", "learning rate after warm-up: constant, or cosine decay to 1% of --lr at --steps "
-                          "(a function of the step: --resume continues the same curve)", choices=("constant", "cosine"))
+                          "(a function of the step: --resume continues the same curve)", choices=SCHEDULES)
     grad_clip: float = _f(1.0, "clip the gradient's global norm to this value")
     ema_decay: float = _f(0.9999, "decay of the exponential moving average of the weights (ema.safetensors)")
     p_uncond: float = _f(0.1, "probability that a whole scene group (scene + its instances) is trained without its image "

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.lr_schedule import lr_at_step
+from train.lr_schedule import SCHEDULES, lr_at_step
 
 ENC_NAME = "ss_enc_conv3d_16l8_fp16"
 DEC_NAME = "ss_dec_conv3d_16l8_fp16"
@@ -81,7 +81,7 @@ class VAEConfig:
     def validate(self) -> None:
         if len(self.channels) != 3 or any(c < 1 for c in self.channels):
             raise ValueError(f"--channels needs three positive widths (64^3 -> 32^3 -> 16^3), got {self.channels}")
-        if self.lr_schedule not in ("constant", "cosine"):
+        if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.loss not in ("dice", "bce", "dice+bce"):
             raise ValueError(f"--loss must be dice, bce or dice+bce, got {self.loss!r}")
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total (a resumed run continues to this)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="grids per step (released: 4 per GPU)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (released: 1e-4)")
-    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=list(SCHEDULES),
                    help="constant (default) or cosine decay to 1%% of --lr at --steps (sharper reconstructions at the end)")
     p.add_argument("--loss", default=d.loss, choices=["dice", "bce", "dice+bce"], help="reconstruction loss (released: dice)")
     p.add_argument("--lambda-kl", type=float, default=d.lambda_kl, help="weight of the KL term (released: 1e-3)")
