@@ -92,10 +92,10 @@ def main() -> None:
         calls: list = []
         orig_cams, orig_settle = L.sample_cameras, L.settle_placed
 
-        def cams(meshes, aabbs, rng, ccfg, points=None, hull_points=None):
+        def cams(meshes, aabbs, rng, ccfg, points=None, hull_points=None, proxies=None):
             state = rng.bit_generator.state
             t = clock()
-            out = orig_cams(meshes, aabbs, rng, ccfg, points=points, hull_points=hull_points)
+            out = orig_cams(meshes, aabbs, rng, ccfg, points=points, hull_points=hull_points, proxies=proxies)
             calls.append(("cam", clock() - t, (meshes, aabbs, state, ccfg, points, out)))
             return out
 

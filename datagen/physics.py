@@ -430,6 +430,7 @@ class SizedAsset:
     com: np.ndarray = field(repr=False)  # centre of mass (volume if watertight, else surface)
     pose: int = 0  # index into the asset's stable poses
     hull: np.ndarray | None = field(default=None, repr=False)  # convex hull vertices (rigid-body shape)
+    sample_tree: object = field(default=None, repr=False, compare=False)  # k-d tree of (some) samples, built by the layout on use
 
 
 def triangle_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:

@@ -118,6 +118,29 @@ def test_support_heights_where_no_ray_hits(procedural_source):
     assert np.isfinite(exact(np.zeros((1, 2)))).all()  # straight above the asset's centre: a hit
 
 
+def test_samples_near_asked_in_the_instance_frame_equals_the_world_tree(procedural_source):
+    """The clearance shortcut (``Placed.has_samples_near``: one k-d tree per sized asset, asked in
+    the instance's frame after a box cut) answers as a k-d tree of its world samples does."""
+    from scipy.spatial import cKDTree
+
+    from datagen.layout import MIN_CLEARANCE_PAIR, SURFACE_POINTS, _place
+
+    lib = procedural_source.library
+    rng = np.random.default_rng(11)
+    near = 0
+    for k in range(60):
+        rec = lib.records[k % len(lib.records)]
+        a = _place(rec, lib.sized(rec.uid, 0.4), rng.uniform(0, 2 * np.pi), np.array([0.0, 0.0, 0.001]), 0)
+        other = lib.records[(k * 7 + 3) % len(lib.records)]
+        b = _place(other, lib.sized(other.uid, 0.3), rng.uniform(0, 2 * np.pi),
+                   np.array([rng.uniform(0.2, 0.45), rng.uniform(-0.1, 0.1), 0.001]), 0)
+        world_tree = cKDTree(a.sparse_world_samples(SURFACE_POINTS))
+        want = bool(np.isfinite(world_tree.query(b.surface_points, k=1, distance_upper_bound=MIN_CLEARANCE_PAIR)[0]).any())
+        assert a.has_samples_near(b.surface_points, MIN_CLEARANCE_PAIR) == want
+        near += want
+    assert 5 <= near <= 55  # both answers were exercised
+
+
 def test_layout_cli_one_bad_scene_costs_that_scene(tmp_path, monkeypatch):
     from datagen import layout
     from datagen.cli import main

@@ -144,3 +144,81 @@ def test_camera_choice_is_a_function_of_its_inputs_and_obeys_its_rules():
     for cam in a:
         px, frac = C.raster_visibility(cam, meshes)
         assert px.min() >= cfg.min_instance_pixels and frac.min() >= cfg.min_visible_fraction
+
+
+def _fit_distances_numpy(Ks, rotations, targets, points, width, height, margin):
+    """The vectorised closed form ``fit_distances`` had before it was compiled: the reference."""
+    rel = np.asarray(points, dtype=np.float64)[None] - targets[:, None]
+    radius = np.sqrt(np.max(np.sum(rel * rel, axis=2), axis=1))
+    p = rel @ rotations.transpose(0, 2, 1)
+    need = np.max(1e-3 - p[..., 2] + 1e-9, axis=1)
+    ok = np.ones(len(targets), dtype=bool)
+    for axis, size, m in ((0, width, margin * width), (1, height, margin * height)):
+        f, c = Ks[:, axis, axis], Ks[:, axis, 2]
+        lo, hi = (m - c) / f, (size - m - c) / f
+        ok &= (lo < 0) & (hi > 0)
+        x = p[..., axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.maximum(need, np.max(np.where(x >= 0, x / hi[:, None], x / lo[:, None]) - p[..., 2], axis=1))
+    d = np.maximum(need, radius * 1.01)
+    return np.where(ok & (d <= radius * 50.0), d * (1 + 1e-9), np.nan)
+
+
+def test_compiled_framing_equals_the_numpy_forms():
+    """``fit_distances`` (compiled) against its former numpy closed form, and the compiled frame-fill
+    closing against scipy's ``binary_closing``, on random cameras and point sets, including
+    cameras whose intrinsics cannot frame anything (NaN) and points given as non-hull clouds."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        n, P = 7, int(rng.integers(4, 3000))
+        dirs = rng.normal(size=(n, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        R = space.look_at_rotations(dirs)
+        Ks = np.stack([C.intrinsics(rng.uniform(20, 90), 200, 150) for _ in range(n)])
+        Ks[0, 0, 2] = -5.0  # principal point outside the image: no distance frames anything
+        pts = rng.normal(size=(P, 3)) * rng.uniform(0.1, 3.0, 3)
+        targets = pts.mean(axis=0) + rng.normal(size=(n, 3)) * 0.1
+        got = C.fit_distances(Ks, R, targets, pts, 200, 150, 0.03)
+        want = _fit_distances_numpy(Ks, R, targets, pts, 200, 150, 0.03)
+        assert np.isnan(got[0]) and np.array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        cover = rng.random((5, 36, int(rng.integers(20, 50)))) < rng.uniform(0.05, 0.95)
+        scipy_fill = (ndimage.binary_closing(cover, structure=np.ones((1, 3, 3), bool), border_value=0) | cover).mean(axis=(1, 2))
+        assert np.array_equal(C._closed_cover(cover), scipy_fill)
+
+
+def test_proxy_screened_camera_choice_keeps_only_exactly_checked_views(shared_assets):
+    """Proxies keep the silhouette (coverage IoU at the screen's resolution) at a fraction of the
+    triangles, and camera choice with a screen still returns only views that pass the exact check."""
+    from datagen.proxy_mesh import cluster_simplify
+    from datagen.raster import rasterize
+
+    mesh = trimesh.load(shared_assets / "bunny.ply", force="mesh")
+    mesh.apply_translation(-mesh.bounds.mean(axis=0))
+    mesh.apply_scale(0.5 / mesh.extents.max())
+    v, f = cluster_simplify(mesh.vertices, mesh.faces, 32)
+    assert len(f) * 2 < len(mesh.faces)  # 16k -> 5.5k triangles
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        cam = _random_camera(rng, width=64)
+        K, w2c = np.asarray(cam["K"]), np.asarray(cam["world_to_cam"])
+        a, b = rasterize(K, w2c, mesh.vertices, mesh.faces, 64, 64), rasterize(K, w2c, v, f, 64, 64)
+        assert (a & b).sum() / (a | b).sum() > 0.85
+    with pytest.raises(ValueError):
+        cluster_simplify(mesh.vertices, mesh.faces, 0)
+
+    meshes, points = _scene(4, n=6)
+    aabbs = np.stack([m.bounds for m in meshes])
+    proxies = [cluster_simplify(m.vertices, m.faces, 8) for m in meshes]
+    for mode in ("heavy", "any"):
+        cfg = C.CameraConfig(views_per_scene=3, width=128, height=128, occlusion=mode)
+        cams = C.sample_cameras(meshes, aabbs, np.random.default_rng(5), cfg, points=points, proxies=proxies)
+        assert len(cams) == 3
+        for cam in cams:
+            px, frac = C.raster_visibility(cam, meshes)
+            assert px.min() >= cfg.min_instance_pixels and frac.min() >= cfg.min_visible_fraction
+            assert C.occlusion_ok(frac, mode)
+    with pytest.raises(ValueError, match="proxies"):
+        C.sample_cameras(meshes, aabbs, np.random.default_rng(5), cfg, points=points, proxies=proxies[:2])
