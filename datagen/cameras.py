@@ -415,7 +415,7 @@ def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str) -> boo
 
 
 SCREEN_WIDTH = 64  # pixels of the proxy z-buffer that screens heavy-occlusion candidates
-SCREEN_FREE_TRIES = 10  # the last tries of a view check every candidate exactly (no view becomes unreachable)
+SCREEN_FREE_TRIES = 5  # the last tries of a view check every candidate exactly (no view becomes unreachable)
 SCREEN_SLACK = (0.75, 0.6, 0.1)  # screen thresholds: x min pixels, x min visible fraction, + heavy fraction
 
 
