@@ -287,13 +287,14 @@ NONE_VISIBLE = 0.9  # "none": every instance shows at least this fraction
 HEAVY_AZIMUTH_SPREAD = np.radians(30.0)  # "heavy" viewpoints: azimuth around a line through two instances
 
 
-def occlusion_ok(fractions: np.ndarray, mode: str) -> bool:
+def occlusion_ok(fractions: np.ndarray, mode: str, heavy_slack: float = 0.0) -> bool:
     """Whether a view's visible fractions match the occlusion mode of that view ("none"/"heavy";
-    "any" accepts everything above the minimum visible fraction)."""
+    "any" accepts everything above the minimum visible fraction). ``heavy_slack`` raises the
+    "heavy" bound (the proxy screen's looser rule)."""
     if mode == "none":
         return bool(np.min(fractions) >= NONE_VISIBLE)
     if mode == "heavy":
-        return bool(np.sum(fractions <= HEAVY_VISIBLE) >= max(1, len(fractions) // 3))
+        return bool(np.sum(fractions <= HEAVY_VISIBLE + heavy_slack) >= max(1, len(fractions) // 3))
     return True
 
 
@@ -330,7 +331,7 @@ def sample_cameras(
     kept.
 
     ``proxies``: per instance, coarse world (vertices, faces) (``datagen.proxy_mesh``). With them,
-    a heavy-occlusion view's candidates are first screened on a ``SCREEN_WIDTH``-pixel z-buffer of
+    every view's candidates are first screened on a ``SCREEN_WIDTH``-pixel z-buffer of
     the proxies (``_screen_ok``) and only those that pass get the exact check, except in the last
     ``SCREEN_FREE_TRIES`` tries of a view, which check every candidate. The verdict on a kept view
     is always the exact one.
@@ -406,15 +407,22 @@ def _draw_viewpoints(rng: np.random.Generator, n: int, elevation: tuple[float, f
     return directions, Ks
 
 
-def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str) -> bool:
-    """Every instance shows enough of itself, and the view matches its occlusion mode."""
-    vis_px, vis_frac = raster_visibility(cam, scene)
-    if np.min(vis_px) < cfg.min_instance_pixels or np.min(vis_frac) < cfg.min_visible_fraction:
+EXACT = (1.0, 1.0, 0.0)  # no slack: the rules as configured
+
+
+def _view_ok(cam: dict, scene: SceneRaster, cfg: CameraConfig, mode: str, width: int = RASTER_WIDTH,
+             slack: tuple[float, float, float] = EXACT) -> bool:
+    """Every instance shows enough of itself, and the view matches its occlusion mode, on a
+    ``width``-pixel z-buffer of ``scene``. ``slack``: (factor on the minimum pixels, factor on the
+    minimum visible fraction, added to the "heavy" bound)."""
+    px_scale, frac_scale, heavy_slack = slack
+    vis_px, vis_frac = raster_visibility(cam, scene, width=width)
+    if np.min(vis_px) < px_scale * cfg.min_instance_pixels or np.min(vis_frac) < frac_scale * cfg.min_visible_fraction:
         return False
-    return occlusion_ok(vis_frac, mode)
+    return occlusion_ok(vis_frac, mode, heavy_slack)
 
 
-SCREEN_WIDTH = 64  # pixels of the proxy z-buffer that screens heavy-occlusion candidates
+SCREEN_WIDTH = 64  # pixels of the proxy z-buffer that screens candidates
 SCREEN_FREE_TRIES = 5  # the last tries of a view check every candidate exactly (no view becomes unreachable)
 SCREEN_SLACK = (0.75, 0.6, 0.1)  # screen thresholds: x min pixels, x min visible fraction, + heavy fraction
 
@@ -425,13 +433,7 @@ def _screen_ok(cam: dict, proxies: SceneRaster, cfg: CameraConfig, mode: str) ->
     8-instance scenes of ../shared/assets (proxies of 32 cells): it keeps 149, 84 % of the 115
     that pass the exact check, 65 % of them passing, at about a fifth of an exact check's cost
     (0.25 ms against 1.1 ms on a 171k-triangle scene)."""
-    px_slack, frac_slack, heavy_slack = SCREEN_SLACK
-    vis_px, vis_frac = raster_visibility(cam, proxies, width=SCREEN_WIDTH)
-    if np.min(vis_px) < px_slack * cfg.min_instance_pixels or np.min(vis_frac) < frac_slack * cfg.min_visible_fraction:
-        return False
-    if mode == "heavy":
-        return bool(np.sum(vis_frac <= HEAVY_VISIBLE + heavy_slack) >= max(1, len(vis_frac) // 3))
-    return occlusion_ok(vis_frac, mode)
+    return _view_ok(cam, proxies, cfg, mode, width=SCREEN_WIDTH, slack=SCREEN_SLACK)
 
 
 def _frame_candidates(Ks: np.ndarray, directions: np.ndarray, centre: np.ndarray, frame_pts: np.ndarray,
@@ -450,8 +452,7 @@ def _frame_candidates(Ks: np.ndarray, directions: np.ndarray, centre: np.ndarray
     if cfg.fill is not None:
         aiming = np.isfinite(d)
         for _ in range(2):  # re-aim at the projected points' centre, then fit again
-            with np.errstate(divide="ignore", invalid="ignore"):
-                uv = _projected_centres(Ks, R, np.ascontiguousarray(targets + d[:, None] * directions), frame_pts)
+            uv = _projected_centres(Ks, R, np.ascontiguousarray(targets + d[:, None] * directions), frame_pts)
             off = [uv[:, 0] - cfg.width / 2.0, uv[:, 1] - cfg.height / 2.0]
             # R's rows are the camera's x (right) and y (down) axes in the world
             new = targets + d[:, None] * ((off[0] / Ks[:, 0, 0])[:, None] * R[:, 0] + (off[1] / Ks[:, 1, 1])[:, None] * R[:, 1])

@@ -452,11 +452,6 @@ class DownRays:
         return h
 
 
-def first_heights_below(mesh: trimesh.Trimesh, xy: np.ndarray) -> np.ndarray:
-    """``DownRays(mesh).first_heights_below(xy)`` (one-off use; the layout keeps its ``DownRays``)."""
-    return DownRays(mesh).first_heights_below(xy)
-
-
 def _stable(p: Placed, heights_at, lift: bool = False) -> bool:
     """``physics.is_stable`` on the instance's surface samples. Only samples within its lowest
     ``physics.LOW_BAND`` can touch; while its rotation is a yaw (placement: it keeps z) they are
@@ -668,6 +663,12 @@ def object_to_world(p: Placed, lib: AssetLibrary) -> np.ndarray:
     return m @ pose @ np.asarray(p.record.normalization, dtype=np.float64)
 
 
+def _world_proxy(p: Placed, lib: AssetLibrary) -> tuple[np.ndarray, np.ndarray]:
+    """The instance's screening proxy (``AssetLibrary.proxy``) at its size and place."""
+    vertices, faces = lib.proxy(p.record.uid, p.asset.pose)
+    return p.world(vertices * p.asset.size), faces
+
+
 def _relation_holds(rel: str, a: np.ndarray, b: np.ndarray) -> bool:
     """Beside relations on world boxes (SHARD_FORMAT.md: +X right, +Y behind)."""
     return {"left_of": a[1, 0] < b[0, 0], "right_of": a[0, 0] > b[1, 0],
@@ -725,8 +726,7 @@ def sample_scene(lib: AssetLibrary, cfg: LayoutConfig, dataset_seed: int, index:
         # the ranking of viewpoints reads every k-th sample (cameras.rank_points): move only those
         cameras = sample_cameras(meshes, aabbs, rng, cfg.camera_config(), points=[p.sparse_world_samples(RANK_POINTS) for p in s.placed],
                                  hull_points=np.concatenate([p.world(p.asset.hull) for p in s.placed]),
-                                 proxies=[(p.world(lib.proxy(p.record.uid, p.asset.pose)[0] * p.asset.size), lib.proxy(p.record.uid, p.asset.pose)[1])
-                                          for p in s.placed])
+                                 proxies=[_world_proxy(p, lib) for p in s.placed])
         if len(cameras) < cfg.views_per_scene:
             reasons.append(f"found {len(cameras)} of {cfg.views_per_scene} views with every instance visible")
             continue

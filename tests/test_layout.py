@@ -260,17 +260,17 @@ def test_unpickled_sources_share_their_process_library(shared_source):
 
 @pytest.mark.parametrize("name", ["table.glb", "chairDesk.glb", "bunny.ply", "Duck.glb"])
 def test_first_heights_below_are_trimeshs_first_hits(shared_assets, name):
-    """The stability rule's support heights (``first_heights_below``: embree's first triangle and
-    its plane) are trimesh's ``intersects_location`` first hits, rays that miss included."""
+    """The stability rule's support heights (``DownRays.first_heights_below``: embree's first
+    triangle and its plane) are trimesh's ``intersects_location`` first hits, rays that miss included."""
     from assets_manifest import load_mesh
-    from datagen.layout import first_heights_below
+    from datagen.layout import DownRays
 
     mesh = load_mesh(shared_assets / name)
     rng = np.random.default_rng(0)
     lo, hi = mesh.bounds
     pad = 0.1 * (hi - lo)  # some rays pass beside the mesh
     xy = rng.uniform(lo[:2] - pad[:2], hi[:2] + pad[:2], size=(3000, 2))
-    got = first_heights_below(mesh, xy)
+    got = DownRays(mesh).first_heights_below(xy)
     origins = np.column_stack([xy, np.full(len(xy), hi[2] + 1.0)])
     loc, idx, _ = mesh.ray.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (len(xy), 1)), multiple_hits=False)
     want = np.full(len(xy), -np.inf)
